@@ -27,10 +27,9 @@ pub fn ensure_sealed() -> std::io::Result<()> {
     if running_from_readonly_overlay() || pentacle::is_sealed() {
         return Ok(());
     }
-    match exec_from_overlay() {
-        // exec_from_overlay only returns on failure
-        Err(e) => tracing::debug!("overlay re-exec unavailable ({e}), copying to a sealed memfd"),
-        Ok(()) => {}
+    // exec_from_overlay only returns on failure
+    if let Err(e) = exec_from_overlay() {
+        tracing::debug!("overlay re-exec unavailable ({e}), copying to a sealed memfd");
     }
     pentacle::ensure_sealed()
 }
