@@ -32,4 +32,4 @@ pub use image::{Blob, Format, Image, ImageBuilder, Index, IndexBuilder, Platform
 pub use layer::{sha256_digest, tar_dir, Compression, Layer, TarBuilder};
 pub use process::spawn_tied;
 pub use registry::{HttpResponse, Registry, RegistryBuilder};
-pub use runtime::{poll_until, wait_for, Output, Runtime};
+pub use runtime::{poll_until, process_gone, wait_for, Output, Runtime};

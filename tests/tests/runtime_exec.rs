@@ -1,10 +1,9 @@
 //! `exec`: running more processes in a running container.
 
 use rtest::console::{read_pty, ConsoleSocket};
-use rtest::{poll_until, Runtime};
+use rtest::{poll_until, process_gone, Runtime};
 use serde_json::json;
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
@@ -245,7 +244,7 @@ fn exec_pid_is_gone_after_exit() {
         .trim()
         .parse()
         .unwrap();
-    assert!(poll_until(T, || !Path::new(&format!("/proc/{pid}/cgroup")).exists()));
+    assert!(poll_until(T, || process_gone(pid)));
     let ps = rt.cmd(&["ps", "-f", "json", &id]).ok().json();
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
 }

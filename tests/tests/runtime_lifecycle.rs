@@ -1,7 +1,7 @@
 //! Container lifecycle through runc's command line: create, start, state, run, kill, delete,
 //! list, ps, pause/resume, events; and the global options.
 
-use rtest::{poll_until, wait_for, Runtime};
+use rtest::{poll_until, process_gone, wait_for, Runtime};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
@@ -257,7 +257,60 @@ fn delete_force_created_container() {
     let pid = rt.pid(&id);
     rt.delete_force(&id);
     rt.assert_no_leftovers(&id);
-    assert!(poll_until(T, || !Path::new(&format!("/proc/{pid}/cgroup")).exists()));
+    assert!(poll_until(T, || process_gone(pid)));
+}
+
+/// runc deletes a created (never started) container without --force: it is killed.
+#[test]
+fn delete_created_container_without_force() {
+    let rt = Runtime::new();
+    let id = rt.id("delcreated2");
+    let b = rt.busybox(&id, &["sleep", "600"]);
+    rt.create(&b, &id);
+    let pid = rt.pid(&id);
+    rt.delete(&id);
+    rt.cmd(&["state", &id]).failed();
+    rt.assert_no_leftovers(&id);
+    assert!(poll_until(T, || process_gone(pid)));
+}
+
+#[test]
+fn kill_created_container() {
+    let rt = Runtime::new();
+    let id = rt.id("killcreated");
+    let b = rt.busybox(&id, &["sleep", "600"]);
+    let created = rt.create(&b, &id);
+    rt.kill(&id, "KILL");
+    rt.wait_status(&id, "stopped");
+    rt.cmd(&["start", &id]).failed();
+    assert_eq!(created.stdout_now(), "", "the user process never ran");
+}
+
+#[test]
+fn init_killed_from_the_host_means_stopped() {
+    let rt = Runtime::new();
+    let (id, _b) = rt.sleeper("hostkill");
+    let pid = rt.pid(&id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    rt.wait_status(&id, "stopped");
+    rt.delete(&id);
+    rt.assert_no_leftovers(&id);
+}
+
+#[test]
+fn roots_are_isolated() {
+    let rt = Runtime::new();
+    let other = Runtime::new();
+    let (id, _b) = rt.sleeper("isolated");
+    assert_eq!(other.cmd(&["list", "-q"]).ok().stdout.trim(), "");
+    other
+        .cmd(&["state", &id])
+        .fails_mentioning(&["not exist", "not found", "no such"]);
+    assert_eq!(rt.cmd(&["list", "-q"]).ok().stdout.trim(), id);
 }
 
 #[test]
