@@ -283,6 +283,8 @@ pub struct Runtime {
     bin: PathBuf,
     work: tempfile::TempDir,
     ids: Mutex<Vec<String>>,
+    /// Bundle directories made by [`Runtime::busybox`], removed after the containers.
+    bundles: Mutex<Vec<PathBuf>>,
     seq: AtomicU32,
     /// Skip the leftover checks on drop (cleanup still happens).
     pub skip_leftover_check: bool,
@@ -308,6 +310,7 @@ impl Runtime {
             bin,
             work,
             ids: Mutex::new(Vec::new()),
+            bundles: Mutex::new(Vec::new()),
             seq: AtomicU32::new(0),
             skip_leftover_check: false,
         }
@@ -456,7 +459,11 @@ impl Runtime {
     #[track_caller]
     pub fn busybox(&self, id: &str, args: &[&str]) -> crate::Bundle {
         self.track(id);
-        crate::Bundle::busybox(id, args).expect("building busybox bundle")
+        let mut b = crate::Bundle::busybox(id, args).expect("building busybox bundle");
+        // the bundle must outlive the container: drop removes it after `delete --force`
+        b.keep_on_drop();
+        self.bundles.lock().unwrap().push(b.path().to_owned());
+        b
     }
 
     /// A new container running `sleep 600`, started with `run --detach`: `(id, bundle)`.
@@ -569,11 +576,13 @@ impl Runtime {
         self.cmd(&["delete", "--force", id]).ok()
     }
 
-    /// The names under `--root` (runc keeps one directory per container there).
+    /// The directories under `--root` (runc keeps one per container there; other files, such
+    /// as a lock, are the runtime's business).
     pub fn root_entries(&self) -> Vec<String> {
         fs::read_dir(self.root())
             .map(|rd| {
                 rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect()
             })
@@ -633,7 +642,7 @@ impl Drop for Runtime {
                 .wait_timeout_quiet(Duration::from_secs(20));
         }
         let mut problems = Vec::new();
-        poll_until(Duration::from_secs(5), || {
+        let settled = poll_until(Duration::from_secs(5), || {
             problems.clear();
             for e in self.root_entries() {
                 problems.push(format!("state dir {e} under --root"));
@@ -643,7 +652,8 @@ impl Drop for Runtime {
             }
             problems.is_empty()
         });
-        if problems.is_empty() {
+        if settled {
+            self.remove_bundles();
             return;
         }
         // clean up by hand so one failure does not leak into the rest of the machine
@@ -660,10 +670,19 @@ impl Drop for Runtime {
                 let _ = fs::remove_dir(&d);
             }
         }
+        self.remove_bundles();
         if !self.skip_leftover_check && !std::thread::panicking() {
             panic!("left behind after delete --force: {problems:#?}");
         } else {
             eprintln!("left behind after delete --force (cleaned by hand): {problems:#?}");
+        }
+    }
+}
+
+impl Runtime {
+    fn remove_bundles(&self) {
+        for b in self.bundles.lock().unwrap().drain(..) {
+            let _ = fs::remove_dir_all(&b);
         }
     }
 }
