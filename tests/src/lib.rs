@@ -8,14 +8,20 @@
 //! - [`fixtures`]: [`busybox_image`], [`pause_image`], [`busybox_index`], built once per
 //!   process, and the embedded [`pause_binary`].
 //! - [`registry`]: [`Registry`], a real `docker-registry` on 127.0.0.1.
+//! - [`runtime`]: [`Runtime`], a driver for an OCI runtime binary (`runr`, or runc through
+//!   `RTEST_RUNTIME`) with a private `--root` and a cleanup guard; [`cgroup`] and
+//!   [`console`] find a container's cgroups and receive its pty over `--console-socket`.
 
 pub mod bundle;
+pub mod cgroup;
+pub mod console;
 pub mod fixtures;
 pub mod image;
 pub mod layer;
 pub mod process;
 pub mod registry;
 pub mod rootfs;
+pub mod runtime;
 
 pub use bundle::{unique_id, Bundle};
 pub use fixtures::{
@@ -26,3 +32,4 @@ pub use image::{Blob, Format, Image, ImageBuilder, Index, IndexBuilder, Platform
 pub use layer::{sha256_digest, tar_dir, Compression, Layer, TarBuilder};
 pub use process::spawn_tied;
 pub use registry::{HttpResponse, Registry, RegistryBuilder};
+pub use runtime::{poll_until, process_gone, wait_for, Output, Runtime};
