@@ -8,29 +8,37 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("bundle directory {0} does not exist")]
+    #[error("bundle directory {} does not exist", .0.display())]
     NoBundle(PathBuf),
-    #[error("bundle {0} has no config.json")]
+    #[error("bundle {} has no config.json", .0.display())]
     NoConfig(PathBuf),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid {path}: field `{field}`: {message}")]
+    #[error("invalid {}: field `{field}`: {message}", path.display())]
     Field {
         path: PathBuf,
         field: String,
         message: String,
     },
-    #[error("invalid {path}: {message}")]
+    #[error("invalid {}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
-    #[error("invalid {path}: field `{field}` is required")]
+    #[error("invalid {}: field `{field}` is required", path.display())]
     Missing { path: PathBuf, field: &'static str },
-    #[error("invalid {path}: ociVersion {version:?} is not supported (need 1.x)")]
+    #[error("invalid {}: ociVersion {version:?} is not supported (need 1.x)", path.display())]
     Version { path: PathBuf, version: String },
-    #[error("rootfs {0} does not exist or is not a directory (config.json root.path)")]
+    #[error("rootfs {} does not exist or is not a directory (config.json root.path)", .0.display())]
     NoRootfs(PathBuf),
+    #[error("mount source {} for {} does not exist", src.display(), destination.display())]
+    NoMountSource { src: PathBuf, destination: PathBuf },
+    #[error(
+        "--systemd-cgroup needs systemd running as init on this host (no /run/systemd/system)"
+    )]
+    NoSystemd,
+    #[error("with --systemd-cgroup, linux.cgroupsPath must be \"slice:prefix:name\", not {0:?}")]
+    SystemdCgroupsPath(String),
     #[error(
         "cannot set oom_score_adj to {requested}: it is lower than this process's own ({current}) \
          and lowering it needs CAP_SYS_RESOURCE, which this process lacks"
@@ -96,10 +104,61 @@ fn check_spec(bundle: &Path, path: &Path, spec: &Spec) -> Result<(), BundleError
     if !rootfs.is_dir() {
         return Err(BundleError::NoRootfs(rootfs));
     }
+    for m in spec.mounts().iter().flatten() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if let (true, Some(source)) = (is_bind, m.source()) {
+            let source = if source.is_absolute() {
+                source.clone()
+            } else {
+                bundle.join(source)
+            };
+            if std::fs::symlink_metadata(&source).is_err() {
+                return Err(BundleError::NoMountSource {
+                    src: source,
+                    destination: m.destination().clone(),
+                });
+            }
+        }
+    }
     if let Some(requested) = process.oom_score_adj() {
         check_oom_score_adj(requested)?;
     }
     Ok(())
+}
+
+/// `--systemd-cgroup` hands cgroups to systemd: it must be there, and the path in its form.
+pub fn check_systemd_cgroup(spec: &Spec) -> Result<(), BundleError> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(BundleError::NoSystemd);
+    }
+    if let Some(p) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        let s = p.to_string_lossy();
+        if s.split(':').count() != 3 {
+            return Err(BundleError::SystemdCgroupsPath(s.into_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// A memory limit so low that the container's own setup processes cannot fit in it.
+pub fn low_memory_limit(spec: &Spec) -> Option<i64> {
+    const FLOOR: i64 = 8 << 20;
+    spec.linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()
+        .filter(|&l| l > 0 && l < FLOOR)
 }
 
 /// The kernel refuses to lower oom_score_adj without CAP_SYS_RESOURCE; say so up front instead

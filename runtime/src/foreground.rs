@@ -245,6 +245,24 @@ pub fn wait(pid: Pid, sfd: SignalFd, console: Option<OwnedFd>) -> Result<i32> {
     Ok(status.unwrap_or(0))
 }
 
+/// Reaps every child that has exited or exits within a short grace period (processes killed
+/// with their pid namespace take a moment to become zombies).
+pub fn reap_all() {
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Reaps every exited child; returns the exit code if `pid` was among them.
 fn reap(pid: Pid) -> Result<Option<i32>> {
     let mut found = None;

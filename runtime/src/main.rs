@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod executor;
 mod foreground;
 mod seal;
 
@@ -15,10 +16,6 @@ use commands::Global;
 use runr::logging;
 
 fn main() {
-    // Rust ignores SIGPIPE, and an ignored signal stays ignored across exec: restore the default
-    // so neither our output to a closed pipe nor the container's processes behave unlike runc's.
-    // SAFETY: setting a signal disposition to its default before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = cli::normalize_args(std::env::args().collect());
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
@@ -47,6 +44,21 @@ fn main() {
             eprintln!("failed to re-execute runr from a sealed copy: {e}");
             std::process::exit(1);
         }
+    }
+    // Commands that only print die quietly on a closed pipe (`runr list | head`), as C tools do.
+    // The others keep Rust's SIGPIPE=ignore: a hook that exits without reading the state we
+    // write to it must fail that hook, not kill runr half-way through a create.
+    if matches!(
+        command,
+        Command::State(_)
+            | Command::List(_)
+            | Command::Ps(_)
+            | Command::Events(_)
+            | Command::Features
+            | Command::Completion { .. }
+    ) {
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let sink = match logging::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         Ok(s) => s,

@@ -738,3 +738,44 @@ fn oom_score_adj_below_own_needs_cap_sys_resource() {
     rt.assert_no_leftovers(&id);
     rt.assert_root_empty();
 }
+
+#[test]
+fn workload_starts_with_default_signal_dispositions() {
+    // The caller (this Rust test process ignores SIGPIPE) and the runtime itself may ignore or
+    // block signals; runr resets them so the workload starts as from a fresh shell. runc passes
+    // the caller's ignored signals through, so this is checked for runr only.
+    let rt = Runtime::new();
+    if rt.skip_unless_runr("signal dispositions reset for the workload") {
+        return;
+    }
+    let args = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"];
+    let id = rt.id("sigs");
+    let b = rt.busybox(&id, &args);
+    let out = rt.run_fg(&b, &id).ok();
+    assert_eq!(
+        status_field(&out.stdout, "SigIgn"),
+        "0000000000000000",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        status_field(&out.stdout, "SigBlk"),
+        "0000000000000000",
+        "{}",
+        out.stdout
+    );
+    let (id, _b) = rt.sleeper("sigsx");
+    let out = rt.exec(&id, &args).ok();
+    assert_eq!(
+        status_field(&out.stdout, "SigIgn"),
+        "0000000000000000",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        status_field(&out.stdout, "SigBlk"),
+        "0000000000000000",
+        "{}",
+        out.stdout
+    );
+}

@@ -1,5 +1,6 @@
 use super::{validate_id, Global};
 use crate::cli::Create;
+use crate::executor::RunrExecutor;
 use crate::foreground::{self, ConsoleSocket};
 use anyhow::{bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
@@ -25,6 +26,9 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
     let bundle = std::fs::canonicalize(&a.bundle)
         .with_context(|| format!("bundle directory {} does not exist", a.bundle.display()))?;
     let spec = runr::bundle::load_spec(&bundle)?;
+    if g.systemd_cgroup {
+        runr::bundle::check_systemd_cgroup(&spec)?;
+    }
     let terminal = spec
         .process()
         .as_ref()
@@ -49,6 +53,7 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
     let mut container = ContainerBuilder::new(a.id.clone(), SyscallType::default())
+        .with_executor(RunrExecutor)
         .with_pid_file(a.pid_file.as_ref())?
         .with_console_socket(console_path.as_ref())
         .with_root_path(&root)?
@@ -59,7 +64,15 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
         .with_detach(true)
         .with_no_pivot(a.no_pivot)
         .build()
-        .with_context(|| format!("failed to create container \"{}\"", a.id))?;
+        .map_err(|e| {
+            let e = anyhow::Error::new(e).context(format!("failed to create container \"{}\"", a.id));
+            match runr::bundle::low_memory_limit(&spec) {
+                Some(limit) => e.context(format!(
+                    "the memory limit of {limit} bytes is probably too low for the container to start"
+                )),
+                None => e,
+            }
+        })?;
     let Mode::Run { detach, keep } = mode else {
         return Ok(0);
     };
@@ -80,6 +93,11 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
         foreground::wait(pid, sfd, master)
     };
     let result = run();
+    if !detach {
+        // the container's other processes are reparented to us when its init dies: reap them
+        // so that its cgroup can be removed
+        foreground::reap_all();
+    }
     if !keep && (!detach || result.is_err()) {
         let _ = container.refresh_state();
         if let Err(e) = container.delete(true) {

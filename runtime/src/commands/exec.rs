@@ -1,5 +1,6 @@
 use super::Global;
 use crate::cli::Exec;
+use crate::executor::RunrExecutor;
 use crate::foreground::{self, ConsoleSocket};
 use anyhow::{bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
@@ -61,6 +62,7 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
     let mut b = ContainerBuilder::new(a.id.clone(), SyscallType::default())
+        .with_executor(RunrExecutor)
         .with_root_path(&g.root)?
         .with_console_socket(console_path.as_ref())
         .with_pid_file(a.pid_file.as_ref())?

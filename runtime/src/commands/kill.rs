@@ -1,35 +1,50 @@
-use super::Global;
+use super::{cgroup_manager, Global};
 use anyhow::{bail, Context, Result};
+use libcgroups::common::{CgroupManager, FreezerState};
 use libcontainer::container::ContainerStatus;
-use nix::sys::signal::Signal;
+use nix::errno::Errno;
 use runr::signal::Sig;
 
+/// Signals the init, or every process of the container. Unlike libcontainer's `kill`, this
+/// writes no state: the container's state follows from its processes, and a `run` or `delete`
+/// running at the same time must not find a state file recreated under it.
 pub fn kill(g: &Global, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig: Sig = signal.parse()?;
-    let mut c = g.load(id)?;
-    let before = c.status();
-    if before == ContainerStatus::Stopped && !all {
+    let c = g.load(id)?;
+    let status = c.status();
+    if status == ContainerStatus::Stopped && !all {
         bail!("container \"{id}\" is not running");
     }
-    if let Ok(nix_sig) = Signal::try_from(sig.0) {
-        c.kill(nix_sig, all)
-            .with_context(|| format!("failed to send {nix_sig} to container \"{id}\""))?;
-    } else {
-        // libcontainer knows only the classic signals; deliver real-time ones ourselves
-        let pid = c.pid().context("container has no init pid")?;
+    let send = |pid: i32| -> Result<()> {
         // SAFETY: kill(2) with a validated signal number.
-        if unsafe { libc::kill(pid.as_raw(), sig.0) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("failed to send signal {} to container \"{id}\"", sig.0));
+        if unsafe { libc::kill(pid, sig.0) } != 0 {
+            let e = Errno::last();
+            if e != Errno::ESRCH {
+                return Err(e).with_context(|| {
+                    format!("failed to signal process {pid} of container \"{id}\"")
+                });
+            }
         }
-        return Ok(());
+        Ok(())
+    };
+    if all {
+        let cg = cgroup_manager(&c)?;
+        // freeze so that nothing forks between listing the processes and signalling them
+        let froze = status != ContainerStatus::Paused && cg.freeze(FreezerState::Frozen).is_ok();
+        let pids = cg.get_all_pids();
+        let result = pids
+            .with_context(|| format!("failed to list processes of container \"{id}\""))
+            .and_then(|pids| pids.iter().try_for_each(|p| send(p.as_raw())));
+        if froze || (status == ContainerStatus::Paused && sig.0 == libc::SIGKILL) {
+            let _ = cg.freeze(FreezerState::Thawed);
+        }
+        return result;
     }
-    // libcontainer records "stopped" after any signal; a container that survives it (a paused
-    // one, or one that handles the signal) keeps the state it had.
-    if sig.0 != libc::SIGKILL
-        && matches!(before, ContainerStatus::Paused | ContainerStatus::Created)
-    {
-        c.set_status(before).save()?;
+    let pid = c.pid().context("container has no init pid")?;
+    send(pid.as_raw())?;
+    if status == ContainerStatus::Paused && sig.0 == libc::SIGKILL {
+        // frozen tasks do not die until thawed (cgroup v1)
+        let _ = cgroup_manager(&c)?.freeze(FreezerState::Thawed);
     }
     Ok(())
 }
