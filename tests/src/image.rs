@@ -180,7 +180,7 @@ enum LayerSource {
     Ready(Layer),
 }
 
-type ConfigEdit = Box<dyn FnOnce(&mut Value)>;
+type ConfigEdit = Box<dyn FnOnce(&mut Value) + Send>;
 
 /// Builds an [`Image`]: layers, platform and the runtime config (`config.Cmd` and so on).
 pub struct ImageBuilder {
@@ -312,7 +312,7 @@ impl ImageBuilder {
 
     /// Edits the whole image config JSON right before it is serialised (after `rootfs`
     /// and `history` are filled in), e.g. to give wrong diff IDs on purpose.
-    pub fn edit_config(mut self, edit: impl FnOnce(&mut Value) + 'static) -> Self {
+    pub fn edit_config(mut self, edit: impl FnOnce(&mut Value) + Send + 'static) -> Self {
         self.edits.push(Box::new(edit));
         self
     }
@@ -454,7 +454,9 @@ impl Image {
     /// Adds the image to the OCI image layout at `dir` (created if missing; other entries of
     /// an existing `index.json` are kept, one with the same name is replaced).
     /// `name` is a bare tag (`latest`) or a full name (`docker.io/library/busybox:latest`);
-    /// see [`ref_annotations`].
+    /// see [`ref_annotations`]. Note: skopeo (containers/image) only sees OCI-typed entries
+    /// of a layout, so a [`Format::Docker`] image written here is invisible to it (containerd
+    /// reads it); push Docker-format images to a [`crate::Registry`] instead.
     pub fn write_oci_layout(&self, dir: &Path, name: &str) -> Result<()> {
         let mut blobs = self.blobs();
         blobs.push(self.manifest.clone());

@@ -592,3 +592,190 @@ fn tar_builder_writes_hostile_entries_verbatim() {
     ];
     assert_eq!(got, want);
 }
+
+/// A private containerd (own root, state and socket in a temp dir) for import checks.
+struct Containerd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let bin = tool("containerd", "containerd");
+        tool("ctr", "containerd");
+        let dir = tmp();
+        let p = dir.path().display();
+        fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{p}/root"
+state = "{p}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{p}/containerd.sock"
+[ttrpc]
+  address = "{p}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"#
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = rtest::spawn_tied(cmd).unwrap();
+        let mut c = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.ctr_output(&["version"]).status.success() {
+            assert!(
+                c.child.try_wait().unwrap().is_none(),
+                "containerd exited:\n{}",
+                c.log()
+            );
+            assert!(Instant::now() < deadline, "containerd not up:\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("/usr/bin/ctr");
+        cmd.arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(args);
+        cmd
+    }
+
+    fn ctr_output(&self, args: &[&str]) -> std::process::Output {
+        self.ctr_cmd(args).output().unwrap()
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_output(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}):\n{}{}\ncontainerd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `REF -> DIGEST` of every image.
+    fn images(&self) -> Vec<(String, String, String)> {
+        self.ctr(&["images", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_owned(), f[2].to_owned(), f[f.len() - 2].to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in String::from_utf8_lossy(&self.ctr_output(&["task", "ls", "-q"]).stdout).lines() {
+            let _ = self.ctr_output(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr_output(&["task", "delete", "-f", id]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // snapshots left mounted by a failed run would keep the temp dir from going
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in points {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn archives_import_into_containerd_and_run() {
+    let ctd = Containerd::start();
+    let t = tmp();
+    ctd.ctr(&["images", "import", busybox_oci_archive().to_str().unwrap()]);
+    ctd.ctr(&[
+        "images",
+        "import",
+        rtest::pause_oci_archive().to_str().unwrap(),
+    ]);
+    let saved = t.path().join("saved.tar");
+    busybox_image()
+        .write_docker_archive(&saved, "rtest/saved:v1")
+        .unwrap();
+    ctd.ctr(&["images", "import", saved.to_str().unwrap()]);
+    let multi = t.path().join("multi.tar");
+    busybox_index()
+        .write_oci_archive(&multi, "docker.io/library/multi:v1")
+        .unwrap();
+    ctd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        multi.to_str().unwrap(),
+    ]);
+
+    let images = ctd.images();
+    let find = |name: &str| {
+        images
+            .iter()
+            .find(|i| i.0 == name)
+            .unwrap_or_else(|| panic!("{name} not imported: {images:?}"))
+            .clone()
+    };
+    assert_eq!(find(rtest::BUSYBOX_NAME).1, busybox_image().digest());
+    assert_eq!(find(rtest::PAUSE_NAME).1, pause_image().digest());
+    find("docker.io/rtest/saved:v1");
+    let multi = find("docker.io/library/multi:v1");
+    assert_eq!(multi.1, busybox_index().digest());
+    assert_eq!(multi.2, "linux/amd64,linux/arm64/v8");
+
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        rtest::BUSYBOX_NAME,
+        &rtest::unique_id("fx-busybox"),
+        "cat",
+        "/etc/hostname",
+    ]);
+    assert_eq!(out, "busybox\n");
+
+    // pause as PID 1 ignores SIGTERM until its handler is set: resend until it exits
+    let id = rtest::unique_id("fx-pause");
+    let mut run = rtest::spawn_tied(ctd.ctr_cmd(&["run", "--rm", rtest::PAUSE_NAME, &id])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pause did not stop:\n{}",
+            ctd.log()
+        );
+        let _ = ctd.ctr_output(&["task", "kill", "-s", "SIGTERM", &id]);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "pause exit: {status}");
+}
