@@ -1,0 +1,28 @@
+//! Compiles `pause/pause.c` into a static binary that `rtest::pause_binary()` embeds.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=pause/pause.c");
+    println!("cargo:rerun-if-env-changed=CC");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let target = out.join("pause");
+    let status = Command::new(&cc)
+        .args(["-static", "-Os", "-s", "-Wall", "-o"])
+        .arg(&target)
+        .arg("pause/pause.c")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!(
+            "building tests/pause/pause.c with `{cc} -static -Os` failed ({s}): \
+             a static C toolchain is needed: apt-get install gcc libc6-dev"
+        ),
+        Err(e) => panic!(
+            "cannot run the C compiler `{cc}` to build tests/pause/pause.c ({e}): \
+             apt-get install gcc libc6-dev"
+        ),
+    }
+}
