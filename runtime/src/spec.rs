@@ -1,8 +1,8 @@
 //! The default bundle configuration, as `runc spec` writes it.
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, ProcessBuilder,
-    Spec, SpecBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    ProcessBuilder, Spec, SpecBuilder,
 };
 use oci_spec::OciSpecError;
 use std::collections::HashSet;
@@ -75,11 +75,23 @@ mod tests {
         let root = spec.root().as_ref().unwrap();
         assert_eq!(root.path().to_str(), Some("rootfs"));
         assert_eq!(root.readonly(), Some(true));
-        let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
         assert_eq!(ns.len(), 6);
         let caps = process.capabilities().as_ref().unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 3);
-        let masked = spec.linux().as_ref().unwrap().masked_paths().as_ref().unwrap();
+        let masked = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .masked_paths()
+            .as_ref()
+            .unwrap();
         assert!(masked.iter().any(|p| p == "/proc/kcore"));
     }
 }

@@ -1,0 +1,90 @@
+use super::{validate_id, Global};
+use crate::cli::Create;
+use crate::foreground::{self, ConsoleSocket};
+use anyhow::{bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::state::State;
+use libcontainer::syscall::syscall::SyscallType;
+use std::time::Duration;
+
+pub enum Mode {
+    Create,
+    Run { detach: bool, keep: bool },
+}
+
+/// `create`, and `run` (= create + start + wait + delete). Returns the exit code for `run`.
+pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
+    validate_id(&a.id)?;
+    if a.pidfd_socket.is_some() {
+        bail!("--pidfd-socket is not supported by runr");
+    }
+    let root = g.ensure_root()?;
+    if State::file_path(&root.join(&a.id)).exists() || root.join(&a.id).exists() {
+        bail!("container \"{}\" already exists", a.id);
+    }
+    let bundle = std::fs::canonicalize(&a.bundle)
+        .with_context(|| format!("bundle directory {} does not exist", a.bundle.display()))?;
+    let spec = runr::bundle::load_spec(&bundle)?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let foreground = matches!(mode, Mode::Run { detach: false, .. });
+    if terminal && a.console_socket.is_none() && !foreground {
+        bail!("process.terminal is true but there is no --console-socket to send the pty to: give one, or run in the foreground");
+    }
+    let own_console = if terminal && a.console_socket.is_none() {
+        Some(ConsoleSocket::new(&root, &a.id)?)
+    } else {
+        None
+    };
+    let console_path = a
+        .console_socket
+        .clone()
+        .or_else(|| own_console.as_ref().map(|c| c.path().to_path_buf()));
+    if foreground {
+        // processes orphaned inside the container are reparented to us and reaped, as with runc
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    let mut container = ContainerBuilder::new(a.id.clone(), SyscallType::default())
+        .with_pid_file(a.pid_file.as_ref())?
+        .with_console_socket(console_path.as_ref())
+        .with_root_path(&root)?
+        .with_preserved_fds(a.preserve_fds)
+        .validate_id()?
+        .as_init(&bundle)
+        .with_systemd(g.systemd_cgroup)
+        .with_detach(true)
+        .with_no_pivot(a.no_pivot)
+        .build()
+        .with_context(|| format!("failed to create container \"{}\"", a.id))?;
+    let Mode::Run { detach, keep } = mode else {
+        return Ok(0);
+    };
+    let run = || -> Result<i32> {
+        let master = match &own_console {
+            Some(c) => Some(c.receive_master(Duration::from_secs(10))?),
+            None => None,
+        };
+        drop(own_console);
+        container
+            .start()
+            .with_context(|| format!("failed to start container \"{}\"", a.id))?;
+        if detach {
+            return Ok(0);
+        }
+        let pid = container.pid().context("container has no init pid")?;
+        let sfd = foreground::block_signals()?;
+        foreground::wait(pid, sfd, master)
+    };
+    let result = run();
+    if !keep && (!detach || result.is_err()) {
+        let _ = container.refresh_state();
+        if let Err(e) = container.delete(true) {
+            tracing::warn!("failed to delete container {}: {e:#}", a.id);
+        }
+    }
+    result
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every system package the build, the tests and the benchmarks use. Idempotent and quick
+# when everything is already there.
+set -euo pipefail
+
+PACKAGES=(
+  # build: libcontainer's seccomp support, CRI protos
+  libseccomp-dev pkg-config protobuf-compiler gcc libc6-dev
+  # test fixtures and peers
+  busybox-static docker-registry containernetworking-plugins skopeo umoci
+  runc crun containerd
+  # tools the tests and scripts call
+  iptables iproute2 jq procps util-linux hyperfine
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts services on install; the tests start their own instances on private sockets.
+for svc in containerd docker-registry; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
