@@ -110,7 +110,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().context("starting containerd")?;
+        // Tied to this process: killed by the kernel if the test process dies without Drop.
+        let child = crate::spawn_tied(cmd).context("starting containerd")?;
         let mut ctd = Containerd {
             namespace: format!("rtest-{}", std::process::id()),
             dir,
