@@ -62,3 +62,31 @@ fn missing_peer_names_the_debian_package() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("apt-get install crun"), "{err}");
 }
+
+#[test]
+fn runtime_benchmark_with_workspace_runr() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    assert!(
+        ["release", "debug"]
+            .iter()
+            .any(|p| target.join(p).join("runr").is_file()),
+        "runr is not built: run `cargo build -p runr` (or `cargo build --release -p runr`)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rbench"))
+        .args(["runtime", "--runs", "2", "--warmup", "0", "--json"])
+        .output()
+        .expect("running rbench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rbench with runr failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let runr = &v["runtimes"]["runr"];
+    assert!(runr["path"].as_str().unwrap().ends_with("/runr"), "{runr}");
+    assert!(
+        runr["version"].as_str().unwrap().starts_with("runr"),
+        "{runr}"
+    );
+    assert!(v["ratios"]["runr/runc"]["wall_median"].as_f64().unwrap() > 0.0);
+}
