@@ -369,9 +369,15 @@ pub fn main(args: RuntimeArgs) -> Result<()> {
         });
     }
 
-    // The measurement floor: fork + exec + wait of a static busybox `true` in a driver.
-    let floor = {
+    // The measurement floor: fork + exec + wait of a static busybox `true` in a driver; and
+    // the RSS a child has from the fork alone (an exec that fails), which any measured RSS
+    // includes.
+    let (floor, fork_floor_kib) = {
         let mut d = Driver::start(work.path().join("floor.out"), None)?;
+        let fork_only = d.run(&["/nonexistent/rbench-fork-floor".to_owned()])?;
+        if fork_only.status != 127 {
+            bail!("exec of a missing file exited {}", fork_only.status);
+        }
         let bb = rtest::rootfs::busybox_path()?.display().to_string();
         let argv = [bb, "true".to_owned()];
         let mut v = vec![];
@@ -382,7 +388,7 @@ pub fn main(args: RuntimeArgs) -> Result<()> {
             }
             v.push(s);
         }
-        v
+        (v, fork_only.child_maxrss_kib)
     };
 
     // Every runtime must really run a container before it is timed.
@@ -425,6 +431,7 @@ pub fn main(args: RuntimeArgs) -> Result<()> {
         args: &args,
         rts: &rts,
         floor: &floor,
+        fork_floor_kib,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -462,6 +469,7 @@ struct Report<'a> {
     args: &'a RuntimeArgs,
     rts: &'a [Runtime],
     floor: &'a [Sample],
+    fork_floor_kib: u64,
 }
 
 /// (label, json key, value) of each compared quantity.
@@ -558,6 +566,7 @@ impl Report<'_> {
                 "what": "fork+exec+wait of static busybox `true` in the driver",
                 "wall_ms": floor.wall.to_json(),
                 "child_maxrss_kib": floor.child_rss.to_json(),
+                "fork_only_maxrss_kib": self.fork_floor_kib,
             },
             "runtimes": runtimes,
             "ratios": ratios,
@@ -589,8 +598,9 @@ impl Report<'_> {
         );
         let _ = writeln!(
             o,
-            "floor (fork+exec+wait of static busybox true): {:.2} ms, peak RSS {:.0} KiB\n",
-            floor.wall.median, floor.child_rss.median
+            "floor: fork+exec+wait of static busybox true {:.2} ms, peak RSS {:.0} KiB; \
+             RSS a child has from the fork alone {} KiB\n",
+            floor.wall.median, floor.child_rss.median, self.fork_floor_kib
         );
         let _ = writeln!(
             o,
