@@ -135,9 +135,14 @@ impl Runtime {
     fn run_checked(&mut self, bundle: &Path, id: &str, cgroup: &str) -> Result<Sample> {
         let argv = self.argv(bundle, id);
         let s = self.driver.run(&argv)?;
-        let leftover = self.root.join(id);
+        // `run` deletes the container: its --root must be as empty as before.
+        let leftover: Vec<String> = std::fs::read_dir(&self.root)
+            .with_context(|| format!("reading {}", self.root.display()))?
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .collect();
         let cgroups = leftover_cgroups(cgroup);
-        if s.status != 0 || leftover.exists() || !cgroups.is_empty() {
+        if s.status != 0 || !leftover.is_empty() || !cgroups.is_empty() {
             let out = self.driver.output();
             self.force_cleanup(id, cgroup);
             if s.status != 0 {
@@ -149,11 +154,11 @@ impl Runtime {
                     s.status
                 );
             }
-            if leftover.exists() {
+            if !leftover.is_empty() {
                 bail!(
                     "{} left state behind after `run`: {}",
                     self.name,
-                    leftover.display()
+                    leftover.join(", ")
                 );
             }
             bail!(
