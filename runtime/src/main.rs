@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod foreground;
+mod seal;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
@@ -36,13 +37,13 @@ fn main() {
         std::process::exit(1);
     };
     // A process entering a container must not expose our binary to it (CVE-2019-5736): run those
-    // commands from a sealed in-memory copy. The other commands never share a pid namespace with
+    // commands from a copy nothing can write to. The other commands never share a pid namespace with
     // a container process, so they skip the copy.
     if matches!(
         command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_)
     ) {
-        if let Err(e) = pentacle::ensure_sealed() {
+        if let Err(e) = seal::ensure_sealed() {
             eprintln!("failed to re-execute runr from a sealed copy: {e}");
             std::process::exit(1);
         }

@@ -44,6 +44,12 @@ impl Bundle {
         self.dir.path()
     }
 
+    /// Leaves the directory in place when the `Bundle` is dropped: whoever calls this removes
+    /// it (a runtime's container may outlive the test's handle on its bundle).
+    pub fn keep_on_drop(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     pub fn rootfs(&self) -> PathBuf {
         self.dir.path().join("rootfs")
     }

@@ -3,7 +3,6 @@
 //! containerd, its shims, the containers' processes, mounts and cgroups — even when a test
 //! panics half-way.
 
-use crate::runtime::which;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -61,7 +60,7 @@ impl Containerd {
     /// `containerd` and `ctr` from PATH (Debian package `containerd`).
     pub fn binaries() -> Result<(PathBuf, PathBuf)> {
         let find = |name: &str| {
-            which(Path::new(name))
+            which(name)
                 .with_context(|| format!("{name} not found: install the Debian package containerd"))
         };
         Ok((find("containerd")?, find("ctr")?))
@@ -401,6 +400,18 @@ pub fn logging_wrapper(dir: &Path, name: &str, runtime: &Path, log: &Path) -> Re
     )?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
+}
+
+/// A bare name looked up in PATH and the sbin directories.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|c| c.is_file());
+    found
 }
 
 /// containerd 1.6's shim socket for a container: `/run/containerd/s/<sha256(address/ns/id)>`.

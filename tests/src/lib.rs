@@ -8,10 +8,15 @@
 //! - [`fixtures`]: [`busybox_image`], [`pause_image`], [`busybox_index`], built once per
 //!   process, and the embedded [`pause_binary`].
 //! - [`registry`]: [`Registry`], a real `docker-registry` on 127.0.0.1.
-//! - [`containerd`]: [`containerd::Containerd`], a private containerd driven with `ctr`.
-//! - [`runtime`]: [`runtime_under_test`], `$RTEST_RUNTIME` or the workspace's runr.
+//! - [`runtime`]: [`Runtime`], a driver for an OCI runtime binary (`runr`, or runc through
+//!   `RTEST_RUNTIME`) with a private `--root` and a cleanup guard; [`cgroup`] and
+//!   [`console`] find a container's cgroups and receive its pty over `--console-socket`.
+//! - [`containerd`]: [`containerd::Containerd`], a private containerd driven with `ctr`, torn
+//!   down with its shims, containers, mounts and cgroups.
 
 pub mod bundle;
+pub mod cgroup;
+pub mod console;
 pub mod containerd;
 pub mod fixtures;
 pub mod image;
@@ -30,4 +35,4 @@ pub use image::{Blob, Format, Image, ImageBuilder, Index, IndexBuilder, Platform
 pub use layer::{sha256_digest, tar_dir, Compression, Layer, TarBuilder};
 pub use process::spawn_tied;
 pub use registry::{HttpResponse, Registry, RegistryBuilder};
-pub use runtime::runtime_under_test;
+pub use runtime::{poll_until, process_gone, wait_for, Output, Runtime};

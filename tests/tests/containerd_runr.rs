@@ -20,14 +20,11 @@ use std::time::Duration;
 
 const IMAGE: &str = rtest::BUSYBOX_NAME;
 
+/// `$RTEST_RUNTIME`, else the workspace's runr (panics with `cargo build -p runr` if unbuilt).
 fn runtime() -> PathBuf {
-    match rtest::runtime_under_test() {
-        Ok(p) => {
-            eprintln!("runtime under test: {}", p.display());
-            p
-        }
-        Err(e) => panic!("{e:#}"),
-    }
+    let p = rtest::runtime::runtime_binary();
+    eprintln!("runtime under test: {}", p.display());
+    p
 }
 
 /// Imports rtest's busybox image fixture (an OCI archive naming itself [`IMAGE`]).

@@ -761,9 +761,13 @@ fn archives_import_into_containerd_and_run() {
     ]);
     assert_eq!(out, "busybox\n");
 
-    // pause as PID 1 ignores SIGTERM until its handler is set: resend until it exits
+    // signal only a running task (a signal to a created one fails `ctr run`), and resend:
+    // pause as PID 1 ignores SIGTERM until its handler is set
     let id = rtest::unique_id("fx-pause");
-    let mut run = rtest::spawn_tied(ctd.ctr_cmd(&["run", "--rm", rtest::PAUSE_NAME, &id])).unwrap();
+    let stderr = t.path().join("ctr-run.stderr");
+    let mut cmd = ctd.ctr_cmd(&["run", "--rm", rtest::PAUSE_NAME, &id]);
+    cmd.stderr(fs::File::create(&stderr).unwrap());
+    let mut run = rtest::spawn_tied(cmd).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = run.try_wait().unwrap() {
@@ -774,8 +778,19 @@ fn archives_import_into_containerd_and_run() {
             "pause did not stop:\n{}",
             ctd.log()
         );
-        let _ = ctd.ctr_output(&["task", "kill", "-s", "SIGTERM", &id]);
-        std::thread::sleep(Duration::from_millis(100));
+        let tasks = String::from_utf8(ctd.ctr_output(&["task", "ls"]).stdout).unwrap();
+        if tasks
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && l.ends_with("RUNNING"))
+        {
+            let _ = ctd.ctr_output(&["task", "kill", "-s", "SIGTERM", &id]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(0), "pause exit: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "pause exit: {status}; ctr run said: {}",
+        fs::read_to_string(&stderr).unwrap()
+    );
 }
