@@ -1,1 +1,38 @@
-fn main() {}
+//! `rbench`: benchmarks of this project's tools run side by side with their peers.
+
+mod driver;
+mod runtime;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rbench",
+    about = "benchmarks against the peer tools (runc, crun, containerd)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time `<rt> run` of a busybox /bin/true container for runr, runc and crun.
+    Runtime(runtime::RuntimeArgs),
+    /// Internal: the measuring helper process that `runtime` starts per runtime.
+    #[command(name = "__driver", hide = true)]
+    Driver(driver::DriverArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Runtime(a) => runtime::main(a),
+        Cmd::Driver(a) => driver::main(a),
+    };
+    if let Err(e) = r {
+        eprintln!("rbench: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -11,10 +11,13 @@
 //! - [`runtime`]: [`Runtime`], a driver for an OCI runtime binary (`runr`, or runc through
 //!   `RTEST_RUNTIME`) with a private `--root` and a cleanup guard; [`cgroup`] and
 //!   [`console`] find a container's cgroups and receive its pty over `--console-socket`.
+//! - [`containerd`]: [`containerd::Containerd`], a private containerd driven with `ctr`, torn
+//!   down with its shims, containers, mounts and cgroups.
 
 pub mod bundle;
 pub mod cgroup;
 pub mod console;
+pub mod containerd;
 pub mod fixtures;
 pub mod image;
 pub mod layer;
