@@ -1,6 +1,7 @@
 //! Checks the image and registry fixtures against real tools: umoci, skopeo, docker-registry.
 //! A missing tool fails the test with the Debian package to install.
 
+use rtest::containerd::Containerd;
 use rtest::{
     busybox_image, busybox_index, busybox_layer, busybox_oci_archive, pause_binary, pause_image,
     tar_dir, Compression, Format, ImageBuilder, IndexBuilder, Layer, Platform, Registry,
@@ -593,150 +594,43 @@ fn tar_builder_writes_hostile_entries_verbatim() {
     assert_eq!(got, want);
 }
 
-/// A private containerd (own root, state and socket in a temp dir) for import checks.
-struct Containerd {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let bin = tool("containerd", "containerd");
-        tool("ctr", "containerd");
-        let dir = tmp();
-        let p = dir.path().display();
-        fs::write(
-            dir.path().join("config.toml"),
-            format!(
-                r#"version = 2
-root = "{p}/root"
-state = "{p}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{p}/containerd.sock"
-[ttrpc]
-  address = "{p}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"#
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = rtest::spawn_tied(cmd).unwrap();
-        let mut c = Containerd { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.ctr_output(&["version"]).status.success() {
-            assert!(
-                c.child.try_wait().unwrap().is_none(),
-                "containerd exited:\n{}",
-                c.log()
-            );
-            assert!(Instant::now() < deadline, "containerd not up:\n{}", c.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("/usr/bin/ctr");
-        cmd.arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(args);
-        cmd
-    }
-
-    fn ctr_output(&self, args: &[&str]) -> std::process::Output {
-        self.ctr_cmd(args).output().unwrap()
-    }
-
-    fn ctr(&self, args: &[&str]) -> String {
-        let out = self.ctr_output(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed ({}):\n{}{}\ncontainerd log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `REF -> DIGEST` of every image.
-    fn images(&self) -> Vec<(String, String, String)> {
-        self.ctr(&["images", "ls"])
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_owned(), f[2].to_owned(), f[f.len() - 2].to_owned())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in String::from_utf8_lossy(&self.ctr_output(&["task", "ls", "-q"]).stdout).lines() {
-            let _ = self.ctr_output(&["task", "kill", "-s", "SIGKILL", id]);
-            let _ = self.ctr_output(&["task", "delete", "-f", id]);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // snapshots left mounted by a failed run would keep the temp dir from going
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in points {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+/// `REF -> (DIGEST, PLATFORMS)` of every image in `ctr images ls`.
+fn ctr_images(ctd: &Containerd) -> Vec<(String, String, String)> {
+    ctd.ctr_ok(&["images", "ls"])
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[2].to_owned(), f[f.len() - 2].to_owned())
+        })
+        .collect()
 }
 
 #[test]
 fn archives_import_into_containerd_and_run() {
-    let ctd = Containerd::start();
+    let ctd = Containerd::start("", &[]).unwrap();
     let t = tmp();
-    ctd.ctr(&["images", "import", busybox_oci_archive().to_str().unwrap()]);
-    ctd.ctr(&[
-        "images",
-        "import",
-        rtest::pause_oci_archive().to_str().unwrap(),
-    ]);
+    ctd.import(busybox_oci_archive(), None).unwrap();
+    ctd.import(rtest::pause_oci_archive(), None).unwrap();
     let saved = t.path().join("saved.tar");
     busybox_image()
         .write_docker_archive(&saved, "rtest/saved:v1")
         .unwrap();
-    ctd.ctr(&["images", "import", saved.to_str().unwrap()]);
+    ctd.import(&saved, None).unwrap();
     let multi = t.path().join("multi.tar");
     busybox_index()
         .write_oci_archive(&multi, "docker.io/library/multi:v1")
         .unwrap();
-    ctd.ctr(&[
+    ctd.ctr_ok(&[
         "images",
         "import",
         "--all-platforms",
         multi.to_str().unwrap(),
-    ]);
+    ])
+    .unwrap();
 
-    let images = ctd.images();
+    let images = ctr_images(&ctd);
     let find = |name: &str| {
         images
             .iter()
@@ -751,22 +645,34 @@ fn archives_import_into_containerd_and_run() {
     assert_eq!(multi.1, busybox_index().digest());
     assert_eq!(multi.2, "linux/amd64,linux/arm64/v8");
 
-    let out = ctd.ctr(&[
-        "run",
-        "--rm",
-        rtest::BUSYBOX_NAME,
-        &rtest::unique_id("fx-busybox"),
-        "cat",
-        "/etc/hostname",
-    ]);
+    let id = ctd.container_id("fx-busybox");
+    let cgroup = ctd.cgroup_for(&id);
+    let out = ctd
+        .ctr_ok(&[
+            "run",
+            "--rm",
+            "--cgroup",
+            &cgroup,
+            rtest::BUSYBOX_NAME,
+            &id,
+            "cat",
+            "/etc/hostname",
+        ])
+        .unwrap();
     assert_eq!(out, "busybox\n");
 
     // signal only a running task (a signal to a created one fails `ctr run`), and resend:
     // pause as PID 1 ignores SIGTERM until its handler is set
-    let id = rtest::unique_id("fx-pause");
+    let id = ctd.container_id("fx-pause");
+    let cgroup = ctd.cgroup_for(&id);
     let stderr = t.path().join("ctr-run.stderr");
-    let mut cmd = ctd.ctr_cmd(&["run", "--rm", rtest::PAUSE_NAME, &id]);
-    cmd.stderr(fs::File::create(&stderr).unwrap());
+    let (_, ctr) = Containerd::binaries().unwrap();
+    let mut cmd = Command::new(ctr);
+    cmd.arg("--address")
+        .arg(ctd.address())
+        .args(["--namespace", ctd.namespace()])
+        .args(["run", "--rm", "--cgroup", &cgroup, rtest::PAUSE_NAME, &id])
+        .stderr(fs::File::create(&stderr).unwrap());
     let mut run = rtest::spawn_tied(cmd).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -776,14 +682,10 @@ fn archives_import_into_containerd_and_run() {
         assert!(
             Instant::now() < deadline,
             "pause did not stop:\n{}",
-            ctd.log()
+            ctd.log_tail(40)
         );
-        let tasks = String::from_utf8(ctd.ctr_output(&["task", "ls"]).stdout).unwrap();
-        if tasks
-            .lines()
-            .any(|l| l.starts_with(&format!("{id} ")) && l.ends_with("RUNNING"))
-        {
-            let _ = ctd.ctr_output(&["task", "kill", "-s", "SIGTERM", &id]);
+        if ctd.task_status(&id).unwrap().as_deref() == Some("RUNNING") {
+            let _ = ctd.ctr(&["task", "kill", "-s", "SIGTERM", &id]);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -793,4 +695,6 @@ fn archives_import_into_containerd_and_run() {
         "pause exit: {status}; ctr run said: {}",
         fs::read_to_string(&stderr).unwrap()
     );
+    let left = ctd.stop().unwrap();
+    assert!(left.is_empty(), "containerd left: {left:?}");
 }
