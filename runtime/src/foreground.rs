@@ -60,6 +60,31 @@ impl ConsoleSocket {
     }
 }
 
+/// The console socket a container gets: the caller's, else one of ours when it needs a terminal.
+/// Returns ours (to receive the pty master from) and the path to hand to libcontainer.
+pub fn console_for(
+    terminal: bool,
+    given: Option<&Path>,
+    dir: &Path,
+    id: &str,
+) -> Result<(Option<ConsoleSocket>, Option<PathBuf>)> {
+    if let Some(p) = given {
+        return Ok((None, Some(p.to_path_buf())));
+    }
+    if !terminal {
+        return Ok((None, None));
+    }
+    let own = ConsoleSocket::new(dir, id)?;
+    let path = own.path().to_path_buf();
+    Ok((Some(own), Some(path)))
+}
+
+/// Processes orphaned inside the container are reparented to us and reaped, as with runc.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -749,33 +749,14 @@ fn workload_starts_with_default_signal_dispositions() {
         return;
     }
     let args = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"];
+    let defaults = |stdout: &str| {
+        for field in ["SigIgn", "SigBlk"] {
+            assert_eq!(status_field(stdout, field), "0000000000000000", "{stdout}");
+        }
+    };
     let id = rt.id("sigs");
     let b = rt.busybox(&id, &args);
-    let out = rt.run_fg(&b, &id).ok();
-    assert_eq!(
-        status_field(&out.stdout, "SigIgn"),
-        "0000000000000000",
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        status_field(&out.stdout, "SigBlk"),
-        "0000000000000000",
-        "{}",
-        out.stdout
-    );
+    defaults(&rt.run_fg(&b, &id).ok().stdout);
     let (id, _b) = rt.sleeper("sigsx");
-    let out = rt.exec(&id, &args).ok();
-    assert_eq!(
-        status_field(&out.stdout, "SigIgn"),
-        "0000000000000000",
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        status_field(&out.stdout, "SigBlk"),
-        "0000000000000000",
-        "{}",
-        out.stdout
-    );
+    defaults(&rt.exec(&id, &args).ok().stdout);
 }

@@ -1,7 +1,7 @@
 use super::{validate_id, Global};
 use crate::cli::Create;
 use crate::executor::RunrExecutor;
-use crate::foreground::{self, ConsoleSocket};
+use crate::foreground;
 use anyhow::{bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::state::State;
@@ -38,19 +38,10 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
     if terminal && a.console_socket.is_none() && !foreground {
         bail!("process.terminal is true but there is no --console-socket to send the pty to: give one, or run in the foreground");
     }
-    let own_console = if terminal && a.console_socket.is_none() {
-        Some(ConsoleSocket::new(&root, &a.id)?)
-    } else {
-        None
-    };
-    let console_path = a
-        .console_socket
-        .clone()
-        .or_else(|| own_console.as_ref().map(|c| c.path().to_path_buf()));
+    let (own_console, console_path) =
+        foreground::console_for(terminal, a.console_socket.as_deref(), &root, &a.id)?;
     if foreground {
-        // processes orphaned inside the container are reparented to us and reaped, as with runc
-        // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        foreground::become_subreaper();
     }
     let mut container = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(RunrExecutor)

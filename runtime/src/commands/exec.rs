@@ -1,7 +1,7 @@
 use super::Global;
 use crate::cli::Exec;
 use crate::executor::RunrExecutor;
-use crate::foreground::{self, ConsoleSocket};
+use crate::foreground;
 use anyhow::{bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
@@ -45,21 +45,13 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
     if terminal && a.console_socket.is_none() && a.detach {
         bail!("a pseudo-TTY for a detached exec needs --console-socket");
     }
-    let own_console = if terminal && a.console_socket.is_none() {
-        Some(ConsoleSocket::new(&g.root, &a.id)?)
-    } else {
-        None
-    };
-    let console_path = a
-        .console_socket
-        .clone()
-        .or_else(|| own_console.as_ref().map(|c| c.path().to_path_buf()));
+    let (own_console, console_path) =
+        foreground::console_for(terminal, a.console_socket.as_deref(), &g.root, &a.id)?;
     let process_file = tempfile_in(&g.root, &a.id)?;
     std::fs::write(&process_file.0, serde_json::to_vec(&process)?)
         .with_context(|| format!("failed to write {}", process_file.0.display()))?;
     if !a.detach {
-        // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        foreground::become_subreaper();
     }
     let mut b = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(RunrExecutor)
