@@ -260,57 +260,35 @@ impl Writer {
     /// data into `blobs/`, and removes the ingest. On a mismatch the ingest is discarded and
     /// nothing is committed. A blob that is already in the store is not an error: the ingest
     /// is dropped and the existing blob's info returned.
-    pub async fn commit(mut self) -> Result<Info> {
-        if self.poisoned {
-            return Err(ContentError::Poisoned(self.reference.clone()));
+    ///
+    /// The checks, fsync, rename and cleanup run as one blocking task, so a caller cancelled
+    /// meanwhile never leaves a half-done commit.
+    pub async fn commit(self) -> Result<Info> {
+        let Writer {
+            store,
+            reference,
+            dir,
+            mut file,
+            hasher,
+            offset,
+            expected,
+            poisoned,
+        } = self;
+        if poisoned {
+            return Err(ContentError::Poisoned(reference));
         }
-        let path = self.data_path();
-        self.file.flush().await.map_err(io_err("flushing", &path))?;
-        let actual = self.digest();
-        if let Some((digest, size)) = self.expected.clone() {
-            if self.offset != size {
-                self.discard().await;
-                return Err(ContentError::SizeMismatch {
-                    reference: self.reference.clone(),
-                    digest: digest.to_string(),
-                    expected: size,
-                    actual: self.offset,
-                });
-            }
-            if actual != digest {
-                self.discard().await;
-                return Err(ContentError::DigestMismatch {
-                    reference: self.reference.clone(),
-                    expected: digest,
-                    actual,
-                });
-            }
-        }
-        let target = self.store.blob_path(&actual);
-        if self.store.exists(&actual).await? {
-            debug!(reference = %self.reference, digest = %actual, "blob already committed");
-            self.discard().await;
-            return self.store.info(&actual).await;
-        }
-        self.file
-            .sync_all()
-            .await
-            .map_err(io_err("syncing", &path))?;
-        fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
-            .await
-            .map_err(io_err("chmod", &path))?;
-        fs::rename(&path, &target)
-            .await
-            .map_err(io_err("renaming into the store", &path))?;
-        let blobs = target.parent().unwrap_or(&target).to_owned();
-        let sync_dir = blobs.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(&sync_dir)?.sync_all())
-            .await
-            .map_err(|e| io_err("syncing", &blobs)(io::Error::other(e)))?
-            .map_err(io_err("syncing", &blobs))?;
-        self.remove_dir().await;
-        info!(reference = %self.reference, digest = %actual, size = self.offset, "committed blob");
-        self.store.info(&actual).await
+        let path = dir.join(DATA);
+        file.flush().await.map_err(io_err("flushing", &path))?;
+        let file = file.into_std().await;
+        let actual = Digest::from_hasher(hasher);
+        let target = store.blob_path(&actual);
+        let (r, d) = (reference.clone(), actual.clone());
+        tokio::task::spawn_blocking(move || {
+            commit_blocking(file, &r, &dir, expected, d, offset, &target)
+        })
+        .await
+        .map_err(|e| io_err("committing", &path)(io::Error::other(e)))??;
+        store.info(&actual).await
     }
 
     /// Discards the ingest: its data and directory.
@@ -321,16 +299,59 @@ impl Writer {
         debug!(reference = %self.reference, "aborted ingest");
         Ok(())
     }
+}
 
-    async fn discard(&self) {
-        self.remove_dir().await;
+fn remove_ingest(reference: &str, dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        warn!(reference, dir = %dir.display(), error = %e, "removing ingest");
     }
+}
 
-    async fn remove_dir(&self) {
-        if let Err(e) = fs::remove_dir_all(&self.dir).await {
-            warn!(reference = %self.reference, dir = %self.dir.display(), error = %e, "removing ingest");
+fn commit_blocking(
+    file: std::fs::File,
+    reference: &str,
+    dir: &Path,
+    expected: Option<(Digest, u64)>,
+    actual: Digest,
+    size: u64,
+    target: &Path,
+) -> Result<()> {
+    if let Some((digest, want)) = expected {
+        if size != want {
+            remove_ingest(reference, dir);
+            return Err(ContentError::SizeMismatch {
+                reference: reference.to_owned(),
+                digest: digest.to_string(),
+                expected: want,
+                actual: size,
+            });
+        }
+        if actual != digest {
+            remove_ingest(reference, dir);
+            return Err(ContentError::DigestMismatch {
+                reference: reference.to_owned(),
+                expected: digest,
+                actual,
+            });
         }
     }
+    if target.exists() {
+        debug!(reference, digest = %actual, "blob already committed");
+        remove_ingest(reference, dir);
+        return Ok(());
+    }
+    let path = dir.join(DATA);
+    file.sync_all().map_err(io_err("syncing", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+        .map_err(io_err("chmod", &path))?;
+    std::fs::rename(&path, target).map_err(io_err("renaming into the store", &path))?;
+    let blobs = target.parent().unwrap_or(target);
+    std::fs::File::open(blobs)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", blobs))?;
+    remove_ingest(reference, dir);
+    info!(reference, digest = %actual, size, "committed blob");
+    Ok(())
 }
 
 impl AsyncWrite for Writer {

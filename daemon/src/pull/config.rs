@@ -181,10 +181,21 @@ mod tests {
 
     #[test]
     fn loopback() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:80", "127.3.4.5", "[::1]:5000"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:80",
+            "127.3.4.5",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["docker.io", "10.0.0.1:5000", "registry.k8s.io", "[2001:db8::1]:5000"] {
+        for h in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "registry.k8s.io",
+            "[2001:db8::1]:5000",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
         assert_eq!(default_server("docker.io"), "https://registry-1.docker.io");

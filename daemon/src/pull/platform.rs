@@ -117,8 +117,13 @@ mod tests {
         assert!(Platform::linux_arm64().matches(&arm64));
         assert!(!Platform::linux_amd64().matches(&arm64));
         assert!(Platform::linux_amd64().matches(&Platform::new("linux", "amd64", Some("v1"))));
-        assert!(!Platform::new("linux", "arm", Some("v6"))
-            .matches(&Platform::new("linux", "arm", Some("v7"))));
+        assert!(
+            !Platform::new("linux", "arm", Some("v6")).matches(&Platform::new(
+                "linux",
+                "arm",
+                Some("v7")
+            ))
+        );
         assert!(!Platform::linux_amd64().matches(&Platform::new("windows", "amd64", None)));
     }
 }
