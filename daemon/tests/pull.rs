@@ -129,6 +129,7 @@ async fn pull_by_tag_and_by_digest() {
         .pull(&missing, &PullOptions::default())
         .await
         .unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(matches!(err, PullError::NotFound { .. }), "{err:?}");
 }
 
@@ -169,6 +170,7 @@ async fn multi_arch_index() {
         ..PullOptions::default()
     };
     let err = p.pull(&name, &opts).await.unwrap_err();
+    eprintln!("expected error: {err}");
     let msg = err.to_string();
     assert!(
         matches!(err, PullError::NoMatchingPlatform { .. }),
@@ -239,6 +241,7 @@ async fn basic_auth() {
 
     let (_d, p) = puller(RegistryConfig::default()).await;
     let err = p.pull(&name, &PullOptions::default()).await.unwrap_err();
+    eprintln!("expected error: {err}");
     let msg = err.to_string();
     assert!(matches!(err, PullError::Unauthorized { .. }), "{err:?}");
     assert!(msg.contains(&name) && msg.contains("unauthorized"), "{msg}");
@@ -247,6 +250,7 @@ async fn basic_auth() {
     let config = RegistryConfig::default().credentials(&reg.host(), "alice", "wrong");
     let (_d, p) = puller(config).await;
     let err = p.pull(&name, &PullOptions::default()).await.unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(matches!(err, PullError::Unauthorized { .. }), "{err:?}");
 
     let config = RegistryConfig::default().credentials(&reg.host(), "alice", "secret");
@@ -326,6 +330,7 @@ async fn not_found() {
         reg.image_ref("pause", "nosuchtag"),
     ] {
         let err = p.pull(&name, &PullOptions::default()).await.unwrap_err();
+        eprintln!("expected error: {err}");
         let msg = err.to_string();
         assert!(matches!(err, PullError::NotFound { .. }), "{err:?}");
         assert!(msg.contains(&name) && msg.contains("not found"), "{msg}");
@@ -334,6 +339,7 @@ async fn not_found() {
         .pull("Bad Name", &PullOptions::default())
         .await
         .unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(matches!(err, PullError::InvalidReference { .. }), "{err:?}");
     // nothing listening
     let port = {
@@ -347,6 +353,7 @@ async fn not_found() {
         .pull(&format!("127.0.0.1:{port}/x:y"), &PullOptions::default())
         .await
         .unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(matches!(err, PullError::Transport { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&format!("127.0.0.1:{port}/x:y")),
@@ -397,6 +404,7 @@ async fn registry_stopped_mid_pull_then_resume() {
         ..PullOptions::default()
     };
     let err = p.pull(&name, &opts).await.unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(matches!(err, PullError::Transport { .. }), "{err:?}");
     assert!(err.to_string().contains(&layer.digest), "{err}");
     assert!(!p.store().exists(&digest(&layer.digest)).await.unwrap());
@@ -492,6 +500,7 @@ async fn manifest_lying_about_sizes() {
             .pull(&reg.image_ref("liar", tag), &PullOptions::default())
             .await
             .unwrap_err();
+        eprintln!("expected error: {err}");
         let msg = err.to_string();
         match &err {
             PullError::Content {
@@ -517,15 +526,10 @@ async fn manifest_lying_about_sizes() {
     }
 }
 
-#[tokio::test]
-async fn corrupted_blob_in_registry() {
-    let reg = Registry::start().unwrap();
-    let image = busybox_image();
-    reg.push(image, "corrupt", "1").unwrap();
-    // flip a byte of the layer in the registry's own storage: it serves the bad bytes under
-    // the right digest and size
-    let layer = &image.layers[0];
-    let hex = &layer.digest["sha256:".len()..];
+/// Flips a byte in the middle of blob `digest` in the registry's own storage: it then serves
+/// the bad bytes under the right digest and size.
+fn corrupt(reg: &Registry, digest: &str) {
+    let hex = &digest["sha256:".len()..];
     let path = reg
         .storage_dir()
         .join("docker/registry/v2/blobs/sha256")
@@ -534,14 +538,45 @@ async fn corrupted_blob_in_registry() {
         .join("data");
     let mut data = std::fs::read(&path).unwrap();
     let mid = data.len() / 2;
-    data[mid] ^= 0xff;
+    data[mid] ^= 0x01;
     std::fs::write(&path, &data).unwrap();
+}
+
+#[tokio::test]
+async fn corrupted_manifest_in_registry() {
+    let reg = Registry::start().unwrap();
+    let image = pause_image();
+    reg.push(image, "pause", "3.10").unwrap();
+    corrupt(&reg, image.digest());
+    let (_d, p) = puller(RegistryConfig::default()).await;
+    for name in [
+        reg.image_ref("pause", "3.10"),
+        format!("{}/pause@{}", reg.host(), image.digest()),
+    ] {
+        let err = p.pull(&name, &PullOptions::default()).await.unwrap_err();
+        eprintln!("expected error: {err}");
+        assert!(matches!(err, PullError::DigestMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains(image.digest()), "{err}");
+    }
+    assert!(p.store().list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn corrupted_blob_in_registry() {
+    let reg = Registry::start().unwrap();
+    let image = busybox_image();
+    reg.push(image, "corrupt", "1").unwrap();
+    // flip a byte of the layer in the registry's own storage: it serves the bad bytes under
+    // the right digest and size
+    let layer = &image.layers[0];
+    corrupt(&reg, &layer.digest);
 
     let (_d, p) = puller(RegistryConfig::default()).await;
     let err = p
         .pull(&reg.image_ref("corrupt", "1"), &PullOptions::default())
         .await
         .unwrap_err();
+    eprintln!("expected error: {err}");
     assert!(
         matches!(&err, PullError::Content { source: ContentError::DigestMismatch { expected, .. }, .. }
             if expected.as_str() == layer.digest),

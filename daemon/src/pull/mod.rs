@@ -26,7 +26,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{
     BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, LayerDescriptor,
 };
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde_json::Value;
@@ -384,12 +384,14 @@ fn classify(e: OciDistributionError, reference: &str, endpoint: &str, what: &str
                 },
             }
         }
-        OciDistributionError::DigestError(e) => PullError::DigestMismatch {
-            reference,
-            what,
-            expected: String::new(),
-            actual: e.to_string(),
-        },
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            PullError::DigestMismatch {
+                reference,
+                what: format!("{what} from {endpoint}"),
+                expected,
+                actual,
+            }
+        }
         OciDistributionError::RequestError(e) => PullError::Transport {
             reference,
             what,
