@@ -2,8 +2,8 @@
 
 use rcd::content::{ContentError, ContentStore, Digest};
 use rcd::pull::{
-    BlobKind, Mirror, Platform, Progress, ProgressState, PullError, PullOptions, PulledImage,
-    Puller, RegistryConfig,
+    BlobKind, Capability, Mirror, Platform, Progress, ProgressState, PullError, PullOptions,
+    PulledImage, Puller, RegistryConfig,
 };
 use rtest::{busybox_image, busybox_index, pause_image, Format, Image, ImageBuilder, Registry};
 use std::sync::{Arc, Mutex};
@@ -312,6 +312,22 @@ async fn mirror_fallback() {
         .await
         .unwrap();
     assert_eq!(pulled.endpoint, upstream.url());
+
+    // a pull-only mirror does not resolve tags, but serves content by digest
+    let mut pull_only = Mirror::new(mirror.url());
+    pull_only.capabilities = vec![Capability::Pull];
+    let mut config = RegistryConfig::default().mirror("registry.k8s.io", pull_only);
+    config.host_mut("registry.k8s.io").server = Some(upstream.url());
+    let (_d, p) = puller(config.clone()).await;
+    let pulled = p.pull(NAME, &PullOptions::default()).await.unwrap();
+    assert_eq!(pulled.endpoint, upstream.url());
+    assert_pulled(p.store(), &pulled, pause_image()).await;
+    upstream.stop();
+    let (_d, p) = puller(config).await;
+    let by_digest = format!("registry.k8s.io/pause@{}", pause_image().digest());
+    let pulled = p.pull(&by_digest, &PullOptions::default()).await.unwrap();
+    assert_eq!(pulled.endpoint, mirror.url());
+    assert_pulled(p.store(), &pulled, pause_image()).await;
 
     // the real upstream (https://registry.k8s.io) is never asked while the mirror has it
     let config = RegistryConfig::default().mirror("registry.k8s.io", Mirror::new(mirror.url()));

@@ -561,15 +561,20 @@ impl Puller {
             }
         }
         info!(image = %name, digest = %top_digest, endpoint = %resolver.url, "resolved");
-        // blobs: the resolving endpoint first, then the others that may pull
-        ctx.endpoints.push(resolver.clone());
-        ctx.endpoints.extend(
-            all.iter()
-                .filter(|e| {
-                    !Arc::ptr_eq(e, &resolver) && e.capabilities.contains(&Capability::Pull)
-                })
-                .cloned(),
-        );
+        // blobs: in configured order, from the endpoints that may pull; those that failed
+        // to resolve (down, or without the image) go last, so a dead mirror is not waited
+        // for once per blob, while a pull-only mirror still serves blobs first
+        let failed: Vec<&Arc<Endpoint>> = resolvers
+            .iter()
+            .take_while(|e| !Arc::ptr_eq(e, &resolver))
+            .collect();
+        let pullers = all
+            .iter()
+            .filter(|e| e.capabilities.contains(&Capability::Pull));
+        let is_failed = |e: &&Arc<Endpoint>| failed.iter().any(|f| Arc::ptr_eq(f, e));
+        ctx.endpoints
+            .extend(pullers.clone().filter(|e| !is_failed(e)).cloned());
+        ctx.endpoints.extend(pullers.filter(is_failed).cloned());
 
         let doc: Value =
             serde_json::from_slice(&top).map_err(|e| ctx.invalid("manifest", e.to_string()))?;
