@@ -1,0 +1,4 @@
+//! rcd, the container daemon (library part).
+
+pub mod content;
+pub mod pull;
