@@ -435,10 +435,14 @@ impl Unpacker<'_> {
             let v = v.map_err(|e| bad(what, e))?;
             u32::try_from(v).map_err(|_| bad(what, io::Error::from(io::ErrorKind::InvalidData)))
         };
-        let uid = id(h.uid(), "reading uid of")?;
-        let gid = id(h.gid(), "reading gid of")?;
+        // empty numeric fields read as 0, as Go's archive/tar (docker, containerd) reads them
+        let raw = h.as_bytes();
+        let uid = id(lenient(h.uid(), &raw[108..116]), "reading uid of")?;
+        let gid = id(lenient(h.gid(), &raw[116..124]), "reading gid of")?;
+        let mtime = lenient(h.mtime(), &raw[136..148]).map_err(|e| bad("reading mtime of", e))?;
         let mut mtime = Timespec {
-            tv_sec: h.mtime().map_err(|e| bad("reading mtime of", e))? as i64,
+            tv_sec: i64::try_from(mtime)
+                .map_err(|_| bad("reading mtime of", io::ErrorKind::InvalidData.into()))?,
             tv_nsec: 0,
         };
         let mut xattrs = Vec::new();
@@ -909,6 +913,14 @@ fn link_name<R: Read>(entry: &tar::Entry<R>, name: &str) -> Result<Vec<u8>, Unpa
             path: name.to_owned(),
             reason: "link target is empty or holds a NUL byte",
         }),
+    }
+}
+
+/// `v`, or 0 when the header field `raw` it was parsed from is empty.
+fn lenient(v: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match v {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        v => v,
     }
 }
 
