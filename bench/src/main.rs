@@ -3,6 +3,7 @@
 mod driver;
 mod runtime;
 mod stats;
+mod unpack;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Cmd {
     /// Time `<rt> run` of a busybox /bin/true container for runr, runc and crun.
     Runtime(runtime::RuntimeArgs),
+    /// Unpack a large layer with rcd's confined unpacker and with GNU tar.
+    Unpack(unpack::UnpackArgs),
     /// Internal: the measuring helper process that `runtime` starts per runtime.
     #[command(name = "__driver", hide = true)]
     Driver(driver::DriverArgs),
@@ -29,6 +32,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Runtime(a) => runtime::main(a),
+        Cmd::Unpack(a) => unpack::main(a),
         Cmd::Driver(a) => driver::main(a),
     };
     if let Err(e) = r {
