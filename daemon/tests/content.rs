@@ -121,6 +121,25 @@ async fn digest_mismatch_commits_nothing() {
     assert_eq!(ingests(&store), 0);
 }
 
+/// Reopens a ref right after its writer was dropped. The lock is on the open file and tokio
+/// closes a dropped file once its last in-flight operation ends, so for a moment the ref can
+/// still read as locked, as it would for a resuming pull.
+async fn reopen(
+    store: &ContentStore,
+    r: &str,
+    expected: Option<(Digest, u64)>,
+) -> rcd::content::Writer {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match store.writer(r, expected.clone()).await {
+            Err(ContentError::RefLocked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn resume_after_partial_write() {
     let (_d, store) = store().await;
@@ -137,7 +156,7 @@ async fn resume_after_partial_write() {
     assert_eq!(status.offset, 400_000);
     assert_eq!(status.total, Some(bytes.len() as u64));
 
-    let mut w = store.writer("resume", expected.clone()).await.unwrap();
+    let mut w = reopen(&store, "resume", expected.clone()).await;
     assert_eq!(w.offset(), 400_000);
     w.write_all(&bytes[400_000..]).await.unwrap();
     w.commit().await.unwrap();
@@ -148,7 +167,7 @@ async fn resume_after_partial_write() {
     let mut w = store.writer("again", None).await.unwrap();
     w.write_all(b"garbage").await.unwrap();
     drop(w);
-    let mut w = store.writer("again", None).await.unwrap();
+    let mut w = reopen(&store, "again", None).await;
     assert_eq!(w.offset(), 7);
     w.restart().await.unwrap();
     w.write_all(b"fine").await.unwrap();

@@ -97,12 +97,34 @@ impl ContentStore {
     /// Opens (creating if needed) the store at `root`.
     pub async fn open(root: impl Into<PathBuf>) -> Result<ContentStore> {
         let store = ContentStore { root: root.into() };
-        for dir in [store.blobs_dir(), store.ingest_root()] {
+        for dir in [
+            store.blobs_dir(),
+            store.ingest_root(),
+            store.root.join(writer::TRASH),
+        ] {
             fs::create_dir_all(&dir)
                 .await
                 .map_err(io_err("creating", &dir))?;
         }
+        store.empty_trash().await;
         Ok(store)
+    }
+
+    /// Removes ingests moved aside by processes that died before deleting them (the entries
+    /// are named `<pid>-<n>`; those of live processes are theirs to remove).
+    async fn empty_trash(&self) {
+        let trash = self.root.join(writer::TRASH);
+        let Ok(mut entries) = fs::read_dir(&trash).await else {
+            return;
+        };
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = fs::remove_dir_all(e.path()).await;
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -251,7 +273,8 @@ impl ContentStore {
         let r = reference.to_owned();
         tokio::task::spawn_blocking(move || {
             let _lock = writer::open_locked(&r, &dir)?;
-            std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
+            let aside = writer::move_aside(&dir)?;
+            std::fs::remove_dir_all(&aside).map_err(io_err("removing", &aside))?;
             debug!(reference = %r, "aborted ingest");
             Ok(())
         })

@@ -7,12 +7,15 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::fs;
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 const DATA: &str = "data";
+/// Where ingests go to be deleted, beside `ingest/` and `blobs/`.
+pub(super) const TRASH: &str = "trash";
 const REF: &str = "ref";
 const TOTAL: &str = "total";
 
@@ -80,7 +83,12 @@ impl std::fmt::Debug for Writer {
 pub(super) fn open_locked(reference: &str, dir: &Path) -> Result<std::fs::File> {
     let data = dir.join(DATA);
     for _ in 0..100 {
-        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => {}
+            // the directory was moved aside by a commit or abort while we created it
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("creating", dir)(e)),
+        }
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -293,16 +301,36 @@ impl Writer {
 
     /// Discards the ingest: its data and directory.
     pub async fn abort(self) -> Result<()> {
-        fs::remove_dir_all(&self.dir)
+        let aside = move_aside(&self.dir)?;
+        fs::remove_dir_all(&aside)
             .await
-            .map_err(io_err("removing", &self.dir))?;
+            .map_err(io_err("removing", &aside))?;
         debug!(reference = %self.reference, "aborted ingest");
         Ok(())
     }
 }
 
-fn remove_ingest(reference: &str, dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
+/// Moves an ingest directory into `<root>/trash` before anything else touches it. Done under
+/// the ref's lock: a writer that opens the same ref afterwards starts a fresh directory,
+/// instead of creating its file in this one just before it is deleted.
+pub(super) fn move_aside(dir: &Path) -> Result<PathBuf> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let root = dir.parent().and_then(Path::parent).ok_or_else(|| {
+        io_err("moving aside", dir)(io::Error::other("ingest dir has no store root"))
+    })?;
+    let to = root.join(TRASH).join(format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::rename(dir, &to).map_err(io_err("moving aside", dir))?;
+    Ok(to)
+}
+
+pub(super) fn remove_ingest(reference: &str, dir: &Path) {
+    let gone =
+        move_aside(dir).and_then(|d| std::fs::remove_dir_all(&d).map_err(io_err("removing", &d)));
+    if let Err(e) = gone {
         warn!(reference, dir = %dir.display(), error = %e, "removing ingest");
     }
 }
@@ -340,6 +368,7 @@ fn commit_blocking(
         remove_ingest(reference, dir);
         return Ok(());
     }
+    let dir = &move_aside(dir)?;
     let path = dir.join(DATA);
     file.sync_all().map_err(io_err("syncing", &path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
@@ -349,7 +378,9 @@ fn commit_blocking(
     std::fs::File::open(blobs)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", blobs))?;
-    remove_ingest(reference, dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        warn!(reference, dir = %dir.display(), error = %e, "removing committed ingest");
+    }
     info!(reference, digest = %actual, size, "committed blob");
     Ok(())
 }
