@@ -3,7 +3,8 @@
 //! Roots, in every namespace: images (their target digest), blobs and snapshots labelled
 //! [`LABEL_GC_ROOT`], active snapshots and views (containers' root filesystems; leases and
 //! containers will be roots of their own later), and snapshots this process holds
-//! ([`Snapshotter::hold`], e.g. layers being extracted).
+//! ([`Snapshotter::hold`], e.g. layers being extracted). An extraction snapshot (labelled
+//! [`LABEL_SNAPSHOT_REF`]) that is not held was left by a crashed unpack and is collected.
 //!
 //! Marking follows the labels of content records: `containerd.io/gc.ref.content.*` names
 //! blobs (manifest → config and layers, index → manifests), `containerd.io/gc.ref.snapshot.*`
@@ -15,6 +16,7 @@
 //! [`crate::metadata::Lease`] (pulls and unpacks in progress) and keeps new ones waiting.
 
 use crate::content::{ContentError, ContentStore, Digest};
+use crate::image::LABEL_SNAPSHOT_REF;
 use crate::metadata::{
     Metadata, MetadataError, SnapshotKind, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT,
     LABEL_GC_ROOT,
@@ -109,7 +111,10 @@ fn sweep_metadata(md: &Metadata, s: &Snapshotter) -> Result<(HashSet<Digest>, Gc
             let mut snap_queue: Vec<String> = snapshots
                 .values()
                 .filter(|r| {
-                    r.kind != SnapshotKind::Committed
+                    // an extraction's snapshot not held by this process (the only one with
+                    // the database open) was left by a crash
+                    let leftover_extraction = r.labels.contains_key(LABEL_SNAPSHOT_REF);
+                    (r.kind != SnapshotKind::Committed && !leftover_extraction)
                         || r.labels.contains_key(LABEL_GC_ROOT)
                         || s.is_held(ns, &r.key)
                 })

@@ -278,6 +278,9 @@ impl Snapshotter {
                 inodes: None,
             };
             tx.put_snapshot(ns, &rec)?;
+            // refuse a chain too long to mount before anything is made
+            let parents = parent_ids(ns, &rec, |k| tx.snapshot(ns, k))?;
+            let mounts = self.build_mounts(&rec, &parents)?;
             // the directories, before the record is committed
             let dir = self.dir(id);
             if dir.symlink_metadata().is_ok() {
@@ -300,10 +303,10 @@ impl Snapshotter {
                 let _ = remove_tree(&dir);
                 return Err(e);
             }
-            Ok(rec)
+            Ok((rec, mounts))
         })?;
-        debug!(ns, key, id = rec.id, ?parent, %kind, "created snapshot");
-        self.mounts_of(ns, &rec)
+        debug!(ns, key, id = rec.0.id, ?parent, %kind, "created snapshot");
+        Ok(rec.1)
     }
 
     /// The mounts of an active snapshot or view.
@@ -313,16 +316,13 @@ impl Snapshotter {
     }
 
     fn mounts_of(&self, ns: &str, rec: &SnapshotRecord) -> Result<Vec<Mount>> {
-        let parents = self.md.read(|tx| -> Result<_> {
-            let mut ids = Vec::new();
-            let mut next = rec.parent.clone();
-            while let Some(p) = next {
-                let prec = get(tx.snapshot(ns, &p)?, ns, &p)?;
-                ids.push(prec.id);
-                next = prec.parent;
-            }
-            Ok(ids)
-        })?;
+        let parents = self
+            .md
+            .read(|tx| parent_ids(ns, rec, |k| tx.snapshot(ns, k)))?;
+        self.build_mounts(rec, &parents)
+    }
+
+    fn build_mounts(&self, rec: &SnapshotRecord, parents: &[u64]) -> Result<Vec<Mount>> {
         let fs = |id: u64| self.dir(id).join("fs").display().to_string();
         let own = fs(rec.id);
         let active = rec.kind == SnapshotKind::Active;
@@ -475,6 +475,22 @@ impl Snapshotter {
         }
         Ok(usage)
     }
+}
+
+/// The ids of the parents of `rec`, nearest first.
+fn parent_ids(
+    ns: &str,
+    rec: &SnapshotRecord,
+    mut lookup: impl FnMut(&str) -> Result<Option<SnapshotRecord>, MetadataError>,
+) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let mut next = rec.parent.clone();
+    while let Some(p) = next {
+        let prec = get(lookup(&p)?, ns, &p)?;
+        ids.push(prec.id);
+        next = prec.parent;
+    }
+    Ok(ids)
 }
 
 fn get(rec: Option<SnapshotRecord>, ns: &str, key: &str) -> Result<SnapshotRecord> {
