@@ -81,7 +81,7 @@ pub enum MetadataError {
         op: &'static str,
         path: PathBuf,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     #[error("corrupt {what} record {key:?}: {source}")]
     Corrupt {
@@ -268,13 +268,13 @@ impl Metadata {
             std::fs::create_dir_all(dir).map_err(|e| MetadataError::Db {
                 op: "creating its directory",
                 path: path.clone(),
-                source: redb::Error::Io(e),
+                source: Box::new(redb::Error::Io(e)),
             })?;
         }
         let db = Database::create(&path).map_err(|e| MetadataError::Db {
             op: "opening",
             path: path.clone(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         let md = Metadata {
             db: Arc::new(db),
@@ -318,7 +318,7 @@ impl Metadata {
         move |e| MetadataError::Db {
             op,
             path,
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 
