@@ -169,6 +169,24 @@ async fn pull_unpack_and_run_busybox() {
     );
     assert!(env.md().image(NS, &name).unwrap().is_none());
 
+    // recording refuses an image whose snapshot is not there, and records nothing
+    let mut bogus = unpacked.clone();
+    bogus.chain_ids = vec![Digest::of(b"not unpacked")];
+    let err = record_image(
+        NS,
+        &name,
+        &pulled,
+        &bogus,
+        &env.store,
+        &env.snap,
+        Labels::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImageError::SnapshotMissing(_)), "{err}");
+    assert!(env.md().image(NS, &name).unwrap().is_none());
+    assert!(env.md().read(|tx| tx.contents(NS)).unwrap().is_empty());
+
     let rec = record_image(
         NS,
         &name,

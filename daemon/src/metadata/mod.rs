@@ -600,6 +600,56 @@ impl WriteTx<'_> {
 mod tests {
     use super::*;
 
+    fn image(name: &str) -> ImageRecord {
+        ImageRecord {
+            name: name.into(),
+            target: Target {
+                media_type: crate::pull::OCI_MANIFEST.into(),
+                digest: Digest::of(name.as_bytes()),
+                size: 1,
+            },
+            labels: Labels::new(),
+            created: Utc::now(),
+            updated: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn transactions_are_atomic_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let md = Metadata::open(&path).unwrap();
+            // a failing transaction leaves nothing, even what it wrote before failing
+            let r: Result<()> = md.write(|tx| {
+                tx.put_image("default", image("a"))?;
+                tx.set_content_labels("default", &Digest::of(b"x"), Labels::new())?;
+                tx.delete_image("default", "missing")
+            });
+            assert!(matches!(r, Err(MetadataError::NotFound { .. })));
+            assert!(md.images("default").unwrap().is_empty());
+            assert!(md.namespaces().unwrap().is_empty());
+            md.write(|tx| {
+                tx.put_image("default", image("a"))?;
+                tx.put_image("k8s.io", image("b"))?;
+                tx.next_snapshot_id()
+            })
+            .unwrap();
+            let e = md
+                .write(|tx| tx.put_image("default", image("bad\0name")))
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid image name \"bad\\0name\": must not contain NUL"
+            );
+        }
+        let md = Metadata::open(&path).unwrap();
+        assert_eq!(md.image("default", "a").unwrap().unwrap().name, "a");
+        assert!(md.image("default", "b").unwrap().is_none());
+        assert_eq!(md.namespaces().unwrap(), ["default", "k8s.io"]);
+        assert_eq!(md.write(|tx| tx.next_snapshot_id()).unwrap(), 2);
+    }
+
     #[test]
     fn names() {
         validate_namespace("default").unwrap();
