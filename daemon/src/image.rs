@@ -16,8 +16,9 @@
 //! Hold a [`crate::metadata::Lease`] from the pull until the image is recorded, so that the
 //! collector does not take the blobs and snapshots nothing references yet.
 //!
-//! Layers are applied one after another (each needs its parent committed, as in containerd);
-//! decompression runs in the same blocking task as the extraction.
+//! Layers are extracted in parallel (up to [`default_parallelism`], each in a blocking task
+//! that decompresses, hashes and writes), each into a snapshot without a parent, and
+//! committed bottom first onto the layer below ([`Snapshotter::commit_on`]).
 
 use crate::content::{ContentError, ContentStore, Digest, InvalidDigest};
 use crate::metadata::{
@@ -25,9 +26,10 @@ use crate::metadata::{
     LABEL_GC_REF_SNAPSHOT,
 };
 use crate::pull::PulledImage;
-use crate::snapshot::{chain_ids, SnapshotError, Snapshotter};
+use crate::snapshot::{chain_ids, Hold, SnapshotError, Snapshotter};
 use crate::unpack::{apply_layer, Compression, UnpackError, UnpackMode, UnpackOptions};
 use chrono::Utc;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use std::time::Instant;
 use tracing::{debug, info};
@@ -161,13 +163,37 @@ pub async fn diff_ids(store: &ContentStore, config: &Digest) -> Result<Vec<Diges
         .collect()
 }
 
+/// How many layers [`unpack_image`] extracts at once: the CPUs, at most 4.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(4))
+        .unwrap_or(1)
+}
+
 /// Unpacks the layers of `image` (blobs in `store`) into committed snapshots of namespace
-/// `ns`, keyed by chain ID; see the module docs.
+/// `ns`, keyed by chain ID; see the module docs. Extracts up to [`default_parallelism`]
+/// layers at once.
 pub async fn unpack_image(
     ns: &str,
     image: &ImageLayers,
     store: &ContentStore,
     snapshotter: &Snapshotter,
+) -> Result<Unpacked> {
+    unpack_image_with(ns, image, store, snapshotter, default_parallelism()).await
+}
+
+/// [`unpack_image`] extracting up to `parallel` layers at once (at least 1).
+///
+/// Each missing layer is extracted into its own snapshot prepared without a parent (a layer
+/// applied in overlay mode does not depend on what lies below it) and checked against its
+/// diff ID; the snapshots are then committed bottom first, each onto the previous chain ID
+/// ([`Snapshotter::commit_on`]), as soon as it and the ones below are done.
+pub async fn unpack_image_with(
+    ns: &str,
+    image: &ImageLayers,
+    store: &ContentStore,
+    snapshotter: &Snapshotter,
+    parallel: usize,
 ) -> Result<Unpacked> {
     let started = Instant::now();
     let diff_ids = diff_ids(store, &image.config).await?;
@@ -179,34 +205,79 @@ pub async fn unpack_image(
         });
     }
     let chains = chain_ids(&diff_ids);
-    let mut applied = 0;
+    let mut jobs = Vec::new();
     for (index, layer) in image.layers.iter().enumerate() {
-        let job = LayerJob {
+        if is_committed(snapshotter, ns, &chains[index])? {
+            debug!(ns, chain = %chains[index], "layer already unpacked");
+            continue;
+        }
+        if !store.exists(&layer.digest).await? {
+            return Err(ContentError::NotFound(layer.digest.clone()).into());
+        }
+        jobs.push(LayerJob {
             ns: ns.to_owned(),
             index,
             layer: layer.clone(),
             blob: store.blob_path(&layer.digest),
             diff_id: diff_ids[index].clone(),
             chain: chains[index].clone(),
-            parent: index.checked_sub(1).map(|i| chains[i].clone()),
-        };
-        if !store.exists(&layer.digest).await? {
-            return Err(ContentError::NotFound(layer.digest.clone()).into());
-        }
+        });
+    }
+    let mut extracted = futures_util::stream::iter(jobs.into_iter().map(|job| {
         let s = snapshotter.clone();
-        let did = tokio::task::spawn_blocking(move || job.run(&s))
+        let index = job.index;
+        async move {
+            tokio::task::spawn_blocking(move || job.extract(&s))
+                .await
+                .map_err(|e| ImageError::Task {
+                    index,
+                    message: e.to_string(),
+                })?
+        }
+    }))
+    .buffered(parallel.max(1));
+
+    let mut applied = 0;
+    let mut failed: Option<ImageError> = None;
+    while let Some(done) = extracted.next().await {
+        let done = match (done, &failed) {
+            (Ok(done), None) => done,
+            (Ok(done), Some(_)) => {
+                // a layer below failed: discard this one
+                let s = snapshotter.clone();
+                let _ = tokio::task::spawn_blocking(move || s.remove(&done.ns, &done.key)).await;
+                continue;
+            }
+            (Err(e), None) => {
+                failed = Some(e);
+                continue;
+            }
+            (Err(_), Some(_)) => continue,
+        };
+        let s = snapshotter.clone();
+        let parent = done.index.checked_sub(1).map(|i| chains[i].clone());
+        let chain = chains[done.index].clone();
+        let r = tokio::task::spawn_blocking(move || done.commit(&s, &chain, parent.as_ref()))
             .await
             .map_err(|e| ImageError::Task {
-                index,
+                index: 0,
                 message: e.to_string(),
-            })??;
-        applied += usize::from(did);
+            })
+            .and_then(|r| r);
+        match r {
+            Ok(did) => applied += usize::from(did),
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     info!(
         ns,
         config = %image.config,
         layers = image.layers.len(),
         applied,
+        parallel,
         elapsed = ?started.elapsed(),
         "unpacked image"
     );
@@ -217,6 +288,14 @@ pub async fn unpack_image(
     })
 }
 
+fn is_committed(s: &Snapshotter, ns: &str, chain: &Digest) -> Result<bool> {
+    match s.stat(ns, chain.as_str()) {
+        Ok(rec) => Ok(rec.kind == SnapshotKind::Committed),
+        Err(SnapshotError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 struct LayerJob {
     ns: String,
     index: usize,
@@ -224,44 +303,35 @@ struct LayerJob {
     blob: std::path::PathBuf,
     diff_id: Digest,
     chain: Digest,
-    parent: Option<Digest>,
+}
+
+/// A layer extracted into the active snapshot `key`, not committed yet.
+struct Extracted {
+    ns: String,
+    index: usize,
+    key: String,
+    _hold: Hold,
 }
 
 impl LayerJob {
-    /// Applies the layer unless its chain ID is committed; whether it applied it.
-    fn run(self, s: &Snapshotter) -> Result<bool> {
+    /// Extracts the layer into a new parentless snapshot and checks its diff ID; on error the
+    /// snapshot is removed.
+    fn extract(self, s: &Snapshotter) -> Result<Extracted> {
         let ns = self.ns.as_str();
-        match s.stat(ns, self.chain.as_str()) {
-            Ok(rec) if rec.kind == SnapshotKind::Committed => {
-                debug!(ns, chain = %self.chain, "layer already unpacked");
-                return Ok(false);
-            }
-            Ok(_) | Err(SnapshotError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
         let key = format!("extract-{:016x}-{}", fastrand::u64(..), self.chain);
-        let _hold = s.hold(ns, &key);
+        let hold = s.hold(ns, &key);
         let labels = Labels::from([(LABEL_SNAPSHOT_REF.to_owned(), self.chain.to_string())]);
-        s.prepare(ns, &key, self.parent.as_ref().map(Digest::as_str), labels)?;
-        match self.apply(s, &key) {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = s.remove(ns, &key);
-                return Err(e);
-            }
+        s.prepare(ns, &key, None, labels)?;
+        if let Err(e) = self.apply(s, &key) {
+            let _ = s.remove(ns, &key);
+            return Err(e);
         }
-        match s.commit(ns, self.chain.as_str(), &key, Labels::new()) {
-            Ok(()) => Ok(true),
-            Err(SnapshotError::AlreadyExists { .. }) => {
-                debug!(ns, chain = %self.chain, "layer committed by another unpack meanwhile");
-                s.remove(ns, &key)?;
-                Ok(false)
-            }
-            Err(e) => {
-                let _ = s.remove(ns, &key);
-                Err(e.into())
-            }
-        }
+        Ok(Extracted {
+            ns: self.ns,
+            index: self.index,
+            key,
+            _hold: hold,
+        })
     }
 
     fn apply(&self, s: &Snapshotter, key: &str) -> Result<()> {
@@ -281,9 +351,9 @@ impl LayerJob {
                 source: e,
             })
         })?;
-        // the first layer has nothing below it: plain mode keeps whiteouts from becoming
-        // device nodes nothing would interpret
-        let mode = if self.parent.is_none() {
+        // the bottom layer has nothing below it: plain mode keeps its whiteouts (which
+        // hide nothing) from becoming device nodes
+        let mode = if index == 0 {
             UnpackMode::Plain
         } else {
             UnpackMode::Overlay
@@ -305,6 +375,32 @@ impl LayerJob {
         }
         debug!(ns = %self.ns, index, chain = %self.chain, entries = stats.entries, "applied layer");
         Ok(())
+    }
+}
+
+impl Extracted {
+    /// Commits as `chain` on `parent`; whether ours was used (`false`: another unpack
+    /// committed `chain` first and ours is removed). On error the snapshot is removed.
+    fn commit(self, s: &Snapshotter, chain: &Digest, parent: Option<&Digest>) -> Result<bool> {
+        let ns = self.ns.as_str();
+        match s.commit_on(
+            ns,
+            chain.as_str(),
+            &self.key,
+            parent.map(Digest::as_str),
+            Labels::new(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(SnapshotError::AlreadyExists { .. }) => {
+                debug!(ns, %chain, "layer committed by another unpack meanwhile");
+                s.remove(ns, &self.key)?;
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = s.remove(ns, &self.key);
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 
 use rcd::content::{ContentStore, Digest};
 use rcd::gc;
-use rcd::image::{record_image, unpack_image, ImageError, ImageLayers, Unpacked};
+use rcd::image::{
+    record_image, unpack_image, unpack_image_with, ImageError, ImageLayers, Unpacked,
+};
 use rcd::metadata::{Labels, Metadata, SnapshotKind, LABEL_GC_ROOT};
 use rcd::pull::{PullOptions, PulledImage, Puller, RegistryConfig};
 use rcd::snapshot::{chain_ids, MountGuard, Snapshotter};
@@ -550,4 +552,63 @@ async fn killed_mid_unpack_leaves_no_image() {
         "15.19"
     );
     assert_eq!(run_busybox(&mnt), "ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_and_sequential_unpacks_agree() {
+    let reg = Registry::start().unwrap();
+    let image = many_layers_image();
+    reg.push(&image, "many", "latest").unwrap();
+    let name = reg.image_ref("many", "latest");
+    let mut trees = Vec::new();
+    for parallel in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::open(dir.path()).await;
+        let pulled = env.pull(&name).await;
+        let layers = ImageLayers::try_from(&pulled).unwrap();
+        let t = Instant::now();
+        let unpacked = unpack_image_with(NS, &layers, &env.store, &env.snap, parallel)
+            .await
+            .unwrap();
+        eprintln!(
+            "unpacked {} layers with parallel={parallel} in {:?}",
+            unpacked.applied,
+            t.elapsed()
+        );
+        assert_eq!(unpacked.applied, image.layers.len());
+        // every snapshot sits on the one below
+        for (i, c) in unpacked.chain_ids.iter().enumerate() {
+            let rec = env.snap.stat(NS, c.as_str()).unwrap();
+            assert_eq!(rec.kind, SnapshotKind::Committed);
+            assert_eq!(
+                rec.parent,
+                i.checked_sub(1).map(|p| unpacked.chain_ids[p].to_string())
+            );
+        }
+        assert_eq!(env.snapshot_keys().len(), image.layers.len());
+        env.assert_dirs_match_records();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let top = unpacked.top().unwrap();
+        let mounts = env
+            .snap
+            .view(NS, "v", Some(top.as_str()), Labels::new())
+            .unwrap();
+        let _g = MountGuard::new(&mounts, &mnt).unwrap();
+        let mut tree: Vec<String> = Vec::new();
+        let mut stack = vec![mnt.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.symlink_metadata().unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                tree.push(p.strip_prefix(&mnt).unwrap().display().to_string());
+            }
+        }
+        tree.sort();
+        trees.push(tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert!(trees[0].contains(&"l15/f19".to_owned()));
 }

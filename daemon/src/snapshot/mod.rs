@@ -57,6 +57,8 @@ pub enum SnapshotError {
     },
     #[error("cannot commit snapshot {key:?}: it is {kind}, not active")]
     NotActive { key: String, kind: SnapshotKind },
+    #[error("cannot commit snapshot {key:?} onto a parent: it already has parent {parent:?}")]
+    HasParent { key: String, parent: String },
     #[error("cannot remove snapshot {key:?}: it is the parent of {child:?}")]
     HasChildren { key: String, child: String },
     #[error(
@@ -369,6 +371,32 @@ impl Snapshotter {
     /// [`SnapshotError::AlreadyExists`] if `name` exists (e.g. another unpack committed the
     /// same chain ID first); `key` is then left as it was.
     pub fn commit(&self, ns: &str, name: &str, key: &str, labels: Labels) -> Result<()> {
+        self.commit_inner(ns, name, key, None, labels)
+    }
+
+    /// Commits the active snapshot `key`, prepared without a parent, as `name` on top of the
+    /// committed `parent` (containerd's "rebase" on commit). For a layer applied in overlay
+    /// mode, whose upper dir holds only its diff (whiteouts as 0/0 devices), whatever lies
+    /// below: this lets layers be extracted in parallel and stacked afterwards.
+    pub fn commit_on(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<()> {
+        self.commit_inner(ns, name, key, Some(parent), labels)
+    }
+
+    fn commit_inner(
+        &self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        rebase: Option<Option<&str>>,
+        labels: Labels,
+    ) -> Result<()> {
         let rec = self.stat(ns, key)?;
         if rec.kind != SnapshotKind::Active {
             return Err(SnapshotError::NotActive {
@@ -391,9 +419,30 @@ impl Snapshotter {
                     key: name.to_owned(),
                 });
             }
+            let mut parent = cur.parent.clone();
+            if let Some(new_parent) = rebase {
+                if let Some(p) = &cur.parent {
+                    return Err(SnapshotError::HasParent {
+                        key: key.to_owned(),
+                        parent: p.clone(),
+                    });
+                }
+                if let Some(p) = new_parent {
+                    let prec = get(tx.snapshot(ns, p)?, ns, p)?;
+                    if prec.kind != SnapshotKind::Committed {
+                        return Err(SnapshotError::ParentNotCommitted {
+                            key: name.to_owned(),
+                            parent: p.to_owned(),
+                            kind: prec.kind,
+                        });
+                    }
+                }
+                parent = new_parent.map(str::to_owned);
+            }
             let mut all = cur.labels.clone();
             all.extend(labels);
             let committed = SnapshotRecord {
+                parent,
                 key: name.to_owned(),
                 kind: SnapshotKind::Committed,
                 labels: all,
