@@ -275,3 +275,41 @@ fn mount_spec_serialises_like_containerd() {
         r#"{"type":"overlay","source":"overlay","options":["lowerdir=/a:/b"]}"#
     );
 }
+
+#[test]
+fn commit_on_stacks_a_parentless_snapshot() {
+    let env = Env::new();
+    let s = &env.snap;
+    s.prepare(NS, "a", None, Labels::new()).unwrap();
+    fs::write(s.fs_dir(NS, "a").unwrap().join("low"), "1").unwrap();
+    s.commit(NS, "base", "a", Labels::new()).unwrap();
+    // extracted without a parent, a whiteout as overlayfs writes it (0/0 char device)
+    s.prepare(NS, "b", None, Labels::new()).unwrap();
+    let upper = s.fs_dir(NS, "b").unwrap();
+    fs::write(upper.join("high"), "2").unwrap();
+    nix::sys::stat::mknod(
+        &upper.join("low"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    s.prepare(NS, "c", Some("base"), Labels::new()).unwrap();
+    assert!(matches!(
+        s.commit_on(NS, "x", "c", Some("base"), Labels::new()),
+        Err(SnapshotError::HasParent { .. })
+    ));
+    assert!(matches!(
+        s.commit_on(NS, "top", "b", Some("c"), Labels::new()),
+        Err(SnapshotError::ParentNotCommitted { .. })
+    ));
+    s.commit_on(NS, "top", "b", Some("base"), Labels::new())
+        .unwrap();
+    assert_eq!(s.stat(NS, "top").unwrap().parent.as_deref(), Some("base"));
+    let mnt = env.dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = s.view(NS, "v", Some("top"), Labels::new()).unwrap();
+    let _g = MountGuard::new(&m, &mnt).unwrap();
+    assert_eq!(fs::read_to_string(mnt.join("high")).unwrap(), "2");
+    assert!(!mnt.join("low").exists(), "whiteout not applied");
+}
