@@ -232,7 +232,9 @@ fn split_key(k: &str) -> (&str, &str) {
     k.split_once('\0').unwrap_or(("", k))
 }
 
-/// The metadata database. Cheap to clone (shared handle).
+/// The metadata database. Cheap to clone (shared handle). Its methods block (a write
+/// transaction ends with an fsync'ed commit): from async code, call them in
+/// `tokio::task::spawn_blocking` (or accept a few ms on the executor).
 #[derive(Clone)]
 pub struct Metadata {
     db: Arc<Database>,

@@ -108,6 +108,9 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 
 /// The overlayfs snapshotter. Cheap to clone; one per root and process (it shares the
 /// [`Metadata`] handle, whose file is locked).
+///
+/// Every method blocks (filesystem work, a durable database commit of a few ms): from async
+/// code, call them in `tokio::task::spawn_blocking`.
 #[derive(Clone, Debug)]
 pub struct Snapshotter {
     root: Arc<PathBuf>,
