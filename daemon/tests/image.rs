@@ -612,3 +612,42 @@ async fn parallel_and_sequential_unpacks_agree() {
     assert_eq!(trees[0], trees[1]);
     assert!(trees[0].contains(&"l15/f19".to_owned()));
 }
+
+#[tokio::test]
+async fn an_index_image_keeps_its_manifest_through_gc() {
+    let reg = Registry::start().unwrap();
+    let index = rtest::busybox_index();
+    reg.push_index(index, "multi", "latest").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::open(dir.path()).await;
+    let name = reg.image_ref("multi", "latest");
+    let (pulled, unpacked) = env.pull_image(&name).await;
+    let rec = env.md().image(NS, &name).unwrap().unwrap();
+    assert_eq!(rec.target.digest.as_str(), index.digest());
+    assert_eq!(Some(&rec.target.digest), pulled.index_digest.as_ref());
+    assert_eq!(rec.target.media_type, index.index.media_type);
+    let labels = env
+        .md()
+        .read(|tx| tx.content(NS, &rec.target.digest))
+        .unwrap()
+        .unwrap()
+        .labels;
+    assert_eq!(
+        labels["containerd.io/gc.ref.content.m.0"],
+        pulled.manifest_digest.as_str()
+    );
+    let stats = gc::collect(&env.store, &env.snap).await.unwrap();
+    assert!(
+        stats.blobs.is_empty() && stats.snapshots.is_empty(),
+        "{stats:?}"
+    );
+    assert_eq!(env.snapshot_keys(), [unpacked.top().unwrap().to_string()]);
+    env.md().delete_image(NS, &name).unwrap();
+    let stats = gc::collect(&env.store, &env.snap).await.unwrap();
+    assert_eq!(
+        stats.blobs.len(),
+        4,
+        "index, manifest, config, layer: {stats:?}"
+    );
+    assert!(env.blobs().await.is_empty() && env.snapshot_keys().is_empty());
+}
