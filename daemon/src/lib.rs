@@ -1,7 +1,12 @@
 //! rcd, the container daemon (library part for now): the content store, registry pulls into
-//! it, and the layer unpacker that applies an OCI/Docker layer onto a snapshot directory,
-//! confined to it whatever the layer holds.
+//! it, the layer unpacker that applies an OCI/Docker layer onto a snapshot directory,
+//! confined to it whatever the layer holds, the metadata database, the overlayfs snapshotter,
+//! unpacking pulled images into snapshots, and garbage collection.
 
 pub mod content;
+pub mod gc;
+pub mod image;
+pub mod metadata;
 pub mod pull;
+pub mod snapshot;
 pub mod unpack;
