@@ -4,4 +4,5 @@
 
 pub mod content;
 pub mod pull;
+pub mod server;
 pub mod unpack;
