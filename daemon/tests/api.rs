@@ -338,3 +338,37 @@ fn instances_side_by_side() {
     b.spawn();
     b.ok(&["version"]);
 }
+
+/// `--user` credentials reach the registry; `--platform` picks from an index.
+#[test]
+fn pull_with_user_and_platform() {
+    let reg = Registry::builder()
+        .htpasswd("alice", "s3cret")
+        .start()
+        .unwrap();
+    let index = rtest::busybox_index();
+    reg.push_index(index, "library/multi", "1").unwrap();
+    let name = reg.image_ref("library/multi", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+
+    let out = rcd.rctr(&["images", "pull", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthorized") && err.contains(&name), "{err}");
+
+    let out = rcd.ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--user",
+        "alice:s3cret",
+        "--platform",
+        "linux/arm64",
+        &name,
+    ]);
+    assert!(out.contains(&name), "{out}");
+    let ls = rcd.ok(&["images", "ls"]);
+    assert!(ls.contains("linux/arm64"), "{ls}");
+    assert!(ls.contains("index"), "{ls}");
+}
