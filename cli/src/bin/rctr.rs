@@ -113,6 +113,9 @@ impl std::fmt::Display for Reported {
 impl std::error::Error for Reported {}
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`rctr content get D | head`), as ctr does.
+    // SAFETY: nothing else runs yet; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     if let Command::Completion { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "rctr", &mut std::io::stdout());
