@@ -133,8 +133,12 @@ impl Client {
 /// The message to print for a failed call: the daemon's message, or for transport failures
 /// (the daemon went away mid-call) a short description.
 pub fn status_message(address: &Path, s: &tonic::Status) -> String {
+    // Statuses made by the client itself (the connection failed or broke) wrap the transport
+    // error as their source; the daemon's come off the wire without one.
     match s.code() {
-        tonic::Code::Unavailable if s.message().contains("transport") => {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            if std::error::Error::source(s).is_some() =>
+        {
             format!(
                 "lost connection to rcd at {}: {}",
                 address.display(),

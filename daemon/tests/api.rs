@@ -260,6 +260,19 @@ fn pull_errors_name_the_reference() {
     assert!(err.starts_with("rctr: ") && err.contains(&missing), "{err}");
     assert!(err.contains("not found"), "{err}");
 
+    // A registry nobody serves: the daemon's Unavailable names the reference.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let gone = format!("127.0.0.1:{port}/library/busybox:latest");
+    let out = rcd.rctr(&["images", "pull", &gone]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&gone) && !err.contains("lost connection"),
+        "{err}"
+    );
+
     let out = rcd.rctr(&["images", "pull", "Bad Ref!"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
