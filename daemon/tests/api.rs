@@ -24,7 +24,8 @@ struct Rcd {
     root: PathBuf,
     state: PathBuf,
     address: PathBuf,
-    config: PathBuf,
+    /// rcd's arguments
+    args: Vec<std::ffi::OsString>,
     log: PathBuf,
 }
 
@@ -35,12 +36,27 @@ impl Rcd {
         let config = dir.join("config.toml");
         // No mirrors: loopback registries are reached directly over plain HTTP.
         std::fs::write(&config, "log_level = \"debug\"\n").unwrap();
+        let (root, state, address) = (
+            dir.join("root"),
+            dir.join("state"),
+            dir.join("state/rcd.sock"),
+        );
+        let args = vec![
+            "--config".into(),
+            config.into(),
+            "--root".into(),
+            root.clone().into(),
+            "--state".into(),
+            state.clone().into(),
+            "--address".into(),
+            address.clone().into(),
+        ];
         let mut d = Rcd {
             child: None,
-            root: dir.join("root"),
-            state: dir.join("state"),
-            address: dir.join("state/rcd.sock"),
-            config,
+            root,
+            state,
+            address,
+            args,
             log: dir.join("rcd.log"),
         };
         d.spawn();
@@ -54,14 +70,7 @@ impl Rcd {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcd"));
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--address")
-            .arg(&self.address)
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -402,4 +411,78 @@ fn serve_for_manual_checks() {
         reg.image_ref("library/busybox", "latest")
     );
     std::thread::sleep(Duration::from_secs(30));
+}
+
+/// The config file: its registry mirrors are used; flags override its paths; a bad file or
+/// log level is refused.
+#[test]
+fn config_file() {
+    let reg = Registry::start().unwrap();
+    let image = busybox_image();
+    reg.push(image, "library/busybox", "latest").unwrap();
+    let mirror = reg.image_ref("library/busybox", "latest");
+    let mirror_host = mirror.split('/').next().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+root = "{root}"
+state = "{state}"
+address = "{unused}"
+[registries."registry.example"]
+server = "https://registry.example.invalid"
+[[registries."registry.example".mirrors]]
+url = "http://{mirror_host}"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            unused = dir.join("unused.sock").display(),
+        ),
+    )
+    .unwrap();
+    // root and state from the file, the socket from the flag
+    let sock = dir.join("flag.sock");
+    let mut rcd = Rcd {
+        child: None,
+        root: dir.join("root"),
+        state: dir.join("state"),
+        address: sock.clone(),
+        args: vec![
+            "--config".into(),
+            config.clone().into(),
+            "--address".into(),
+            sock.clone().into(),
+        ],
+        log: dir.join("rcd.log"),
+    };
+    rcd.spawn();
+    assert!(!dir.join("unused.sock").exists());
+    assert!(dir.join("state").is_dir());
+    let out = rcd.ok(&["images", "pull", "registry.example/library/busybox:latest"]);
+    assert!(out.contains(image.digest()), "{out}");
+    assert!(dir.join("root/images.json").exists());
+    assert!(dir.join("root/content/blobs").is_dir());
+
+    std::fs::write(dir.join("bad.toml"), "nonsense = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rcd"))
+        .arg("--config")
+        .arg(dir.join("bad.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid config") && err.contains("nonsense"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rcd"))
+        .args(["--log-level", "loud", "--address"])
+        .arg(dir.join("x.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid log level"));
 }
