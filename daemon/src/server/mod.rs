@@ -88,7 +88,11 @@ fn bind(address: &Path) -> Result<UnixListener, ServeError> {
             }
         }
     }
-    let listener = UnixListener::bind(address).map_err(io_err("binding", address))?;
+    // Created 0660 from the start (no window with a wider mode), then chmod'ed to be sure.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
+    let listener = UnixListener::bind(address);
+    rustix::process::umask(old);
+    let listener = listener.map_err(io_err("binding", address))?;
     std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
         .map_err(io_err("chmod", address))?;
     Ok(listener)
