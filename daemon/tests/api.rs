@@ -322,6 +322,9 @@ fn instances_side_by_side() {
     let a = Rcd::start(&tmp.path().join("a"));
     let b = Rcd::start(&tmp.path().join("b"));
     for d in [&a, &b] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&d.address).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
         let v = d.ok(&["version"]);
         assert!(v.contains("Server:"), "{v}");
     }
