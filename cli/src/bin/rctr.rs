@@ -23,9 +23,12 @@ struct Cli {
     /// Namespace of the calls
     #[arg(short, long, env = "RCD_NAMESPACE", default_value = rcd_proto::DEFAULT_NAMESPACE, global = true)]
     namespace: String,
-    /// How long to wait for the connection to rcd (e.g. 10s, 500ms)
-    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    /// Total timeout of the command, e.g. 30s, 2m (0: none)
+    #[arg(long, default_value = "0s", value_parser = parse_duration, global = true)]
     timeout: Duration,
+    /// Timeout for connecting to rcd
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    connect_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,7 +128,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    let timeout = cli.timeout;
+    let result = rt.block_on(async {
+        if timeout.is_zero() {
+            run(cli).await
+        } else {
+            tokio::time::timeout(timeout, run(cli))
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("timed out after {timeout:?}")))
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if e.downcast_ref::<Reported>().is_none() {
@@ -137,7 +150,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let client = Client::connect(&cli.address, &cli.namespace, cli.timeout).await?;
+    let client = Client::connect(&cli.address, &cli.namespace, cli.connect_timeout).await?;
     let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
     match cli.command {
         Command::Completion { .. } => unreachable!(),

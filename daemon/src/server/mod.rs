@@ -60,6 +60,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ser
     }
 }
 
+/// How long running calls may go on after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the services share.
 pub struct Daemon {
     pub settings: Settings,
@@ -151,12 +154,30 @@ pub async fn serve(
         images,
         puller,
     });
-    let result = tonic::transport::Server::builder()
+    // After the signal, running calls (a pull's stream) get SHUTDOWN_GRACE to finish.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.notify_one();
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(VersionServer::new(service::VersionService))
         .add_service(ImagesServer::new(service::ImagesService(daemon.clone())))
         .add_service(ContentServer::new(service::ContentService(daemon.clone())))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    let grace = async {
+        stop.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        warn!(
+            "calls still running {}s after the signal: stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    };
+    let result = tokio::select! {
+        r = server => r,
+        _ = grace => Ok(()),
+    };
     match std::fs::remove_file(&address) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
