@@ -69,7 +69,16 @@ pub struct Daemon {
     pub store: ContentStore,
     pub images: ImageStore,
     pub puller: Arc<Puller>,
+    /// Pullers for per-call settings (`--plain-http`, `--user`), by (registry, plain HTTP,
+    /// user, password), so their registry clients are reused; at most [`MAX_PULLERS`].
+    pub pullers: std::sync::Mutex<std::collections::HashMap<PullerKey, Arc<Puller>>>,
 }
+
+/// (registry, plain HTTP, user, password)
+pub type PullerKey = (String, bool, String, String);
+
+/// Bound of [`Daemon::pullers`]; the map is emptied when full.
+pub const MAX_PULLERS: usize = 16;
 
 /// Binds `address`: a stale socket (nobody answers) is removed; a live one means another rcd
 /// serves there, and is left alone.
@@ -153,6 +162,7 @@ pub async fn serve(
         store,
         images,
         puller,
+        pullers: Default::default(),
     });
     // After the signal, running calls (a pull's stream) get SHUTDOWN_GRACE to finish.
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -216,17 +216,33 @@ impl pb::images_server::Images for ImagesService {
                 })?
         };
         let d = self.0.clone();
-        // Per-pull settings get their own puller over the same store.
+        // Per-call settings get their own puller over the same store (kept for reuse).
         let puller = if req.plain_http || !req.username.is_empty() {
             let host = reference.registry().to_owned();
-            let mut cfg = d.puller.config().clone();
-            if req.plain_http {
-                cfg = cfg.plain_http(&host);
+            let key = (
+                host.clone(),
+                req.plain_http,
+                req.username.clone(),
+                req.password.clone(),
+            );
+            let mut pullers = d.pullers.lock().unwrap();
+            if let Some(p) = pullers.get(&key) {
+                p.clone()
+            } else {
+                let mut cfg = d.puller.config().clone();
+                if req.plain_http {
+                    cfg = cfg.plain_http(&host);
+                }
+                if !req.username.is_empty() {
+                    cfg = cfg.credentials(&host, &req.username, &req.password);
+                }
+                let p = Arc::new(Puller::new(d.store.clone(), cfg));
+                if pullers.len() >= super::MAX_PULLERS {
+                    pullers.clear();
+                }
+                pullers.insert(key, p.clone());
+                p
             }
-            if !req.username.is_empty() {
-                cfg = cfg.credentials(&host, &req.username, &req.password);
-            }
-            Arc::new(Puller::new(d.store.clone(), cfg))
         } else {
             d.puller.clone()
         };
