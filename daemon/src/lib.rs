@@ -1,7 +1,8 @@
 //! rcd, the container daemon (library part for now): the content store, registry pulls into
 //! it, the layer unpacker that applies an OCI/Docker layer onto a snapshot directory,
 //! confined to it whatever the layer holds, the metadata database, the overlayfs snapshotter,
-//! unpacking pulled images into snapshots, and garbage collection.
+//! unpacking pulled images into snapshots, garbage collection, and the daemon process's gRPC
+//! server (`server`, run by `src/bin/rcd.rs`).
 
 pub mod content;
 pub mod gc;
@@ -9,4 +10,5 @@ pub mod image;
 pub mod metadata;
 pub mod pull;
 pub mod snapshot;
+pub mod server;
 pub mod unpack;

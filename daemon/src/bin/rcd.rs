@@ -1,0 +1,111 @@
+//! rcd, the container daemon: serves the native gRPC API (`rcd.v1`) on a unix socket.
+//! Flags as containerd's: `--config`, `--root`, `--state`, `--address`, `--log-level`.
+
+use clap::Parser;
+use rcd::server::config::{Config, Settings, DEFAULT_ADDRESS, DEFAULT_ROOT, DEFAULT_STATE};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "rcd", version, about = "rcd, the container daemon")]
+struct Cli {
+    /// TOML config file (root, state, address, log_level, [registries."host"])
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Persistent data: content store, image records [default: /var/lib/rcd]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state [default: /run/rcd]
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// The gRPC socket [default: /run/rcd/rcd.sock]
+    #[arg(short, long, value_name = "SOCK")]
+    address: Option<PathBuf>,
+    /// trace, debug, info, warn, error [default: info]
+    #[arg(short, long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("rcd: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    let level = cli
+        .log_level
+        .clone()
+        .or(config.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    let level: tracing::Level = match level.parse() {
+        Ok(l) => l,
+        Err(_) => {
+            eprintln!("rcd: invalid log level {level:?}: trace, debug, info, warn or error");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let settings = Settings {
+        root: cli
+            .root
+            .or(config.root.clone())
+            .unwrap_or(DEFAULT_ROOT.into()),
+        state: cli
+            .state
+            .or(config.state.clone())
+            .unwrap_or(DEFAULT_STATE.into()),
+        address: cli
+            .address
+            .or(config.address.clone())
+            .unwrap_or(DEFAULT_ADDRESS.into()),
+        registry: config.registry(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rcd: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (mut term, mut int) = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(t), Ok(i)) => (t, i),
+                _ => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+        };
+        rcd::server::serve(settings, shutdown).await
+    });
+    // Pull tasks still running are dropped with the runtime; their ingests resume next time.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("rcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

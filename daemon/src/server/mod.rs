@@ -1,0 +1,198 @@
+//! The daemon process: rcd's native gRPC API (`rcd.v1`, crate `rcd-proto`) served with tonic
+//! on a unix socket.
+//!
+//! ```text
+//! <root>/content/      the content store (blobs, ingests)
+//! <root>/images.json   image records per namespace (temporary, see images.rs)
+//! <root>/rcd.lock      flock'ed while a daemon uses the root
+//! <state>/             runtime state (nothing yet besides the default socket)
+//! <address>            the gRPC socket, mode 0660, removed on shutdown
+//! ```
+//!
+//! Namespaces come from the `rcd-namespace` metadata header of each call (default `default`).
+
+pub mod config;
+pub mod images;
+mod service;
+
+pub use config::{Config, Settings};
+
+use crate::content::ContentStore;
+use crate::pull::Puller;
+use images::ImageStore;
+use rcd_proto::v1::{
+    content_server::ContentServer, images_server::ImagesServer, version_server::VersionServer,
+};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("another rcd is serving on {0}")]
+    AddressInUse(PathBuf),
+    #[error("root {0} is in use by another rcd")]
+    RootLocked(PathBuf),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+    #[error(transparent)]
+    Images(#[from] images::ImageStoreError),
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ServeError + 'a {
+    move |source| ServeError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How long running calls may go on after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the services share.
+pub struct Daemon {
+    pub settings: Settings,
+    pub store: ContentStore,
+    pub images: ImageStore,
+    pub puller: Arc<Puller>,
+    /// Pullers for per-call settings (`--plain-http`, `--user`), by (registry, plain HTTP,
+    /// user, password), so their registry clients are reused; at most [`MAX_PULLERS`].
+    pub pullers: std::sync::Mutex<std::collections::HashMap<PullerKey, Arc<Puller>>>,
+}
+
+/// (registry, plain HTTP, user, password)
+pub type PullerKey = (String, bool, String, String);
+
+/// Bound of [`Daemon::pullers`]; the map is emptied when full.
+pub const MAX_PULLERS: usize = 16;
+
+/// Binds `address`: a stale socket (nobody answers) is removed; a live one means another rcd
+/// serves there, and is left alone.
+fn bind(address: &Path) -> Result<UnixListener, ServeError> {
+    if let Some(dir) = address.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+    }
+    match std::os::unix::net::UnixStream::connect(address) {
+        Ok(_) => return Err(ServeError::AddressInUse(address.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            // ECONNREFUSED: a socket nobody listens on, left by a dead daemon; anything else
+            // (a regular file, no permission) is reported by the bind below.
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                warn!(address = %address.display(), "removing stale socket");
+                std::fs::remove_file(address).map_err(io_err("removing stale socket", address))?;
+            }
+        }
+    }
+    // Created 0660 from the start (no window with a wider mode), then chmod'ed to be sure.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
+    let listener = UnixListener::bind(address);
+    rustix::process::umask(old);
+    let listener = listener.map_err(io_err("binding", address))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err("chmod", address))?;
+    Ok(listener)
+}
+
+/// Locks `<root>/rcd.lock` for the life of the process (two daemons on one root would
+/// corrupt the image records).
+fn lock_root(root: &Path) -> Result<std::fs::File, ServeError> {
+    let path = root.join("rcd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("opening", &path))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServeError::RootLocked(root.to_owned())),
+        Err(e) => Err(ServeError::Io {
+            op: "locking",
+            path,
+            source: e.into(),
+        }),
+    }
+}
+
+/// Serves until `shutdown` completes, then removes the socket.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if std::os::unix::net::UnixStream::connect(&settings.address).is_ok() {
+        return Err(ServeError::AddressInUse(settings.address.clone()));
+    }
+    for dir in [&settings.root, &settings.state] {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_err("chmod", dir))?;
+    }
+    let _lock = lock_root(&settings.root)?;
+    let store = ContentStore::open(settings.root.join("content")).await?;
+    let images = ImageStore::open(&settings.root)?;
+    let puller = Arc::new(Puller::new(store.clone(), settings.registry.clone()));
+    let listener = bind(&settings.address)?;
+    let address = settings.address.clone();
+    info!(
+        address = %address.display(),
+        root = %settings.root.display(),
+        state = %settings.state.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "rcd serving"
+    );
+    let daemon = Arc::new(Daemon {
+        settings,
+        store,
+        images,
+        puller,
+        pullers: Default::default(),
+    });
+    // After the signal, running calls (a pull's stream) get SHUTDOWN_GRACE to finish.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.notify_one();
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(VersionServer::new(service::VersionService))
+        .add_service(ImagesServer::new(service::ImagesService(daemon.clone())))
+        .add_service(ContentServer::new(service::ContentService(daemon.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    let grace = async {
+        stop.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        warn!(
+            "calls still running {}s after the signal: stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    };
+    let result = tokio::select! {
+        r = server => r,
+        _ = grace => Ok(()),
+    };
+    match std::fs::remove_file(&address) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(address = %address.display(), error = %e, "removing socket"),
+    }
+    info!("rcd stopped");
+    result.map_err(Into::into)
+}
