@@ -1,6 +1,7 @@
 //! `rbench`: benchmarks of this project's tools run side by side with their peers.
 
 mod driver;
+mod pull;
 mod runtime;
 mod stats;
 mod unpack;
@@ -23,6 +24,11 @@ enum Cmd {
     Runtime(runtime::RuntimeArgs),
     /// Unpack a large layer with rcd's confined unpacker and with GNU tar.
     Unpack(unpack::UnpackArgs),
+    /// Pull + unpack of a large multi-layer image from a loopback registry: rcd vs containerd.
+    Pull(pull::PullArgs),
+    /// Internal: one rcd pull + unpack + record into an empty root (measured by `pull`).
+    #[command(name = "__pull-child", hide = true)]
+    PullChild(pull::PullChildArgs),
     /// Internal: the measuring helper process that `runtime` starts per runtime.
     #[command(name = "__driver", hide = true)]
     Driver(driver::DriverArgs),
@@ -34,6 +40,8 @@ fn main() {
         Cmd::Runtime(a) => runtime::main(a),
         Cmd::Unpack(a) => unpack::main(a),
         Cmd::Driver(a) => driver::main(a),
+        Cmd::Pull(a) => pull::main(a),
+        Cmd::PullChild(a) => pull::child_main(a),
     };
     if let Err(e) = r {
         eprintln!("rbench: error: {e:#}");

@@ -42,7 +42,7 @@ pub struct RuntimeArgs {
 }
 
 /// A measuring driver process (`rbench __driver`).
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
@@ -50,7 +50,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn start(capture: PathBuf, hide_controllers: Option<&Path>) -> Result<Driver> {
+    pub(crate) fn start(capture: PathBuf, hide_controllers: Option<&Path>) -> Result<Driver> {
         let exe = std::env::current_exe().context("locating rbench")?;
         let mut cmd = Command::new(exe);
         cmd.arg("__driver").arg("--capture").arg(&capture);
@@ -86,7 +86,7 @@ impl Driver {
         serde_json::from_str(&line).with_context(|| format!("driver said {line:?}"))
     }
 
-    fn run(&mut self, argv: &[String]) -> Result<Sample> {
+    pub(crate) fn run(&mut self, argv: &[String]) -> Result<Sample> {
         let stdin = self.stdin.as_mut().expect("driver stdin open");
         writeln!(stdin, "{}", json!({ "argv": argv }))?;
         stdin.flush()?;
@@ -95,7 +95,7 @@ impl Driver {
     }
 
     /// What the last command printed on stdout and stderr.
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.capture).unwrap_or_default()
     }
 }
