@@ -9,6 +9,6 @@ pub mod gc;
 pub mod image;
 pub mod metadata;
 pub mod pull;
-pub mod snapshot;
 pub mod server;
+pub mod snapshot;
 pub mod unpack;
