@@ -305,110 +305,49 @@ pub struct SpecCmd {
     pub rootless: bool,
 }
 
-/// Long flags that runc (urfave/cli) also accepts with a single dash (`-root`).
-const LONG_FLAGS: &[&str] = &[
-    "debug",
-    "log",
-    "log-format",
-    "root",
-    "criu",
-    "systemd-cgroup",
-    "rootless",
-    "bundle",
-    "console-socket",
-    "pid-file",
-    "no-pivot",
-    "no-new-keyring",
-    "preserve-fds",
-    "detach",
-    "keep",
-    "all",
-    "force",
-    "cwd",
-    "env",
-    "tty",
-    "user",
-    "process",
-    "format",
-    "quiet",
-    "resources",
-    "interval",
-    "stats",
-    "additional-gids",
-    "no-new-privs",
-    "cap",
-    "cgroup",
-    "ignore-paused",
-    "memory",
-    "pids-limit",
-    "cpu-quota",
-    "cpu-period",
-    "cpu-share",
-    "cpuset-cpus",
-    "cpuset-mems",
-    "pidfd-socket",
-    "process-label",
-    "apparmor",
-    "memory-swap",
-    "memory-reservation",
-    "blkio-weight",
-    "cpu-rt-period",
-    "cpu-rt-runtime",
-    "kernel-memory",
-    "help",
-    "version",
-];
-
-/// Flags whose value is the next argument.
-const VALUE_FLAGS: &[&str] = &[
-    "log",
-    "log-format",
-    "root",
-    "criu",
-    "rootless",
-    "bundle",
-    "b",
-    "console-socket",
-    "pid-file",
-    "preserve-fds",
-    "cwd",
-    "env",
-    "e",
-    "user",
-    "u",
-    "process",
-    "p",
-    "format",
-    "f",
-    "resources",
-    "r",
-    "interval",
-    "additional-gids",
-    "g",
-    "cap",
-    "c",
-    "cgroup",
-    "memory",
-    "pids-limit",
-    "cpu-quota",
-    "cpu-period",
-    "cpu-share",
-    "cpuset-cpus",
-    "cpuset-mems",
-    "pidfd-socket",
-    "process-label",
-    "apparmor",
-    "memory-swap",
-    "memory-reservation",
-    "blkio-weight",
-    "cpu-rt-period",
-    "cpu-rt-runtime",
-    "kernel-memory",
-];
+/// The flags of the command line, from clap's own definition: (long names, names of flags that
+/// take a value — long and short). Derived rather than listed so the two cannot drift apart.
+fn flag_names() -> (Vec<String>, Vec<String>) {
+    fn walk(cmd: &clap::Command, long: &mut Vec<String>, valued: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let takes = a.get_action().takes_values();
+            if let Some(l) = a.get_long() {
+                long.push(l.to_string());
+                if takes {
+                    valued.push(l.to_string());
+                }
+            }
+            if let (Some(c), true) = (a.get_short(), takes) {
+                valued.push(c.to_string());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, long, valued);
+        }
+    }
+    let (mut long, mut valued) = (vec!["help".to_string(), "version".to_string()], Vec::new());
+    walk(
+        &<Cli as clap::CommandFactory>::command(),
+        &mut long,
+        &mut valued,
+    );
+    (long, valued)
+}
 
 /// Rewrites runc-style `-flag` into `--flag` up to the container ID, leaving the command of
 /// `exec` and the options of `ps` untouched.
 pub fn normalize_args(args: Vec<String>) -> Vec<String> {
+    // only runc-style single-dash long flags need the flag table: skip building it otherwise
+    if !args
+        .iter()
+        .skip(1)
+        .any(|a| a.len() > 2 && a.starts_with('-') && !a.starts_with("--"))
+    {
+        return args;
+    }
+    let (long_flags, value_flags) = flag_names();
+    let is_long = |n: &str| long_flags.iter().any(|f| f == n);
+    let takes_value = |n: &str| value_flags.iter().any(|f| f == n);
     let mut out = Vec::with_capacity(args.len());
     let mut positionals = 0;
     let mut expect_value = false;
@@ -430,9 +369,9 @@ pub fn normalize_args(args: Vec<String>) -> Vec<String> {
             Some(rest.to_string())
         } else if let Some(rest) = arg.strip_prefix('-') {
             let name = rest.split('=').next().unwrap_or("");
-            if name.len() > 1 && LONG_FLAGS.contains(&name) {
+            if name.len() > 1 && is_long(name) {
                 out.push(format!("-{arg}"));
-                expect_value = !rest.contains('=') && VALUE_FLAGS.contains(&name);
+                expect_value = !rest.contains('=') && takes_value(name);
                 continue;
             }
             if rest.len() == 1 {
@@ -445,7 +384,7 @@ pub fn normalize_args(args: Vec<String>) -> Vec<String> {
         };
         match flag {
             Some(name) => {
-                expect_value = !name.contains('=') && VALUE_FLAGS.contains(&name.as_str());
+                expect_value = !name.contains('=') && takes_value(&name);
                 out.push(arg);
             }
             None => {

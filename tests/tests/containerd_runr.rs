@@ -190,6 +190,20 @@ fn assert_clean_stop(ctd: Containerd, runtime_root: &Path) {
     assert!(mounts_under(&dir).is_empty());
 }
 
+/// A `--rm` run and a detached run with exec and kill through `flags`, checked against the
+/// runtime's logged commands; then containerd stops with nothing left behind.
+fn run_both(ctd: Containerd, flags: &[&str], log: &Path, rt: &Path, root: &Path) {
+    let id = check(run_rm(&ctd, flags), log);
+    assert_commands(log, rt, &id, &["create", "start", "delete"]);
+    let id = check(run_detached(&ctd, flags), log);
+    assert_commands(log, rt, &id, &["create", "start", "exec", "kill", "delete"]);
+    eprintln!(
+        "runtime commands:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    assert_clean_stop(ctd, root);
+}
+
 #[test]
 fn ctr_runc_binary_runs_runtime() {
     let rt = runtime();
@@ -201,20 +215,7 @@ fn ctr_runc_binary_runs_runtime() {
     let (w, r) = (wrapper.display().to_string(), root.display().to_string());
     let flags = ["--runc-binary", w.as_str(), "--runc-root", r.as_str()];
 
-    let id = check(run_rm(&ctd, &flags), &log);
-    assert_commands(&log, &rt, &id, &["create", "start", "delete"]);
-    let id = check(run_detached(&ctd, &flags), &log);
-    assert_commands(
-        &log,
-        &rt,
-        &id,
-        &["create", "start", "exec", "kill", "delete"],
-    );
-    eprintln!(
-        "runtime commands:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert_clean_stop(ctd, &root);
+    run_both(ctd, &flags, &log, &rt, &root);
 }
 
 #[test]
@@ -237,20 +238,7 @@ fn v1_runtime_from_config_file_runs_runtime() {
     let root = ctd.dir().join("runtime-root");
     let flags = ["--runtime", "io.containerd.runtime.v1.linux"];
 
-    let id = check(run_rm(&ctd, &flags), &log);
-    assert_commands(&log, &rt, &id, &["create", "start", "delete"]);
-    let id = check(run_detached(&ctd, &flags), &log);
-    assert_commands(
-        &log,
-        &rt,
-        &id,
-        &["create", "start", "exec", "kill", "delete"],
-    );
-    eprintln!(
-        "runtime commands:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert_clean_stop(ctd, &root);
+    run_both(ctd, &flags, &log, &rt, &root);
 }
 
 #[test]
