@@ -398,24 +398,6 @@ fn pull_with_user_and_platform() {
     assert!(ls.contains("index"), "{ls}");
 }
 
-/// Manual check helper: `cargo test -p rcd --test api -- --ignored --nocapture serve_for_manual`
-/// keeps a registry with busybox and an rcd up for 30 s.
-#[test]
-#[ignore]
-fn serve_for_manual_checks() {
-    let reg = Registry::start().unwrap();
-    reg.push(busybox_image(), "library/busybox", "latest")
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let rcd = Rcd::start(tmp.path());
-    println!(
-        "RCD_ADDRESS={} IMAGE={}",
-        rcd.address.display(),
-        reg.image_ref("library/busybox", "latest")
-    );
-    std::thread::sleep(Duration::from_secs(30));
-}
-
 /// The config file: its registry mirrors are used; flags override its paths; a bad file or
 /// log level is refused.
 #[test]
