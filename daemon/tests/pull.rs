@@ -477,9 +477,14 @@ async fn concurrent_pulls_of_one_image() {
             tokio::spawn(async move { p.pull(&name, &PullOptions::default()).await })
         })
         .collect();
+    // all must finish before the store is checked: a pull that finds a blob committed while it
+    // waited may still be wrapping up its own ingest when another pull returns
+    let mut pulled = Vec::new();
     for t in tasks {
-        let pulled = t.await.unwrap().unwrap();
-        assert_pulled(&store, &pulled, &image).await;
+        pulled.push(t.await.unwrap().unwrap());
+    }
+    for p in &pulled {
+        assert_pulled(&store, p, &image).await;
     }
 }
 
