@@ -260,14 +260,7 @@ impl Snapshotter {
                 });
             }
             if let Some(p) = parent {
-                let prec = get(tx.snapshot(ns, p)?, ns, p)?;
-                if prec.kind != SnapshotKind::Committed {
-                    return Err(SnapshotError::ParentNotCommitted {
-                        key: key.to_owned(),
-                        parent: p.to_owned(),
-                        kind: prec.kind,
-                    });
-                }
+                committed_parent(tx.snapshot(ns, p)?, ns, key, p)?;
             }
             let id = tx.next_snapshot_id()?;
             let now = Utc::now();
@@ -431,14 +424,7 @@ impl Snapshotter {
                     });
                 }
                 if let Some(p) = new_parent {
-                    let prec = get(tx.snapshot(ns, p)?, ns, p)?;
-                    if prec.kind != SnapshotKind::Committed {
-                        return Err(SnapshotError::ParentNotCommitted {
-                            key: name.to_owned(),
-                            parent: p.to_owned(),
-                            kind: prec.kind,
-                        });
-                    }
+                    committed_parent(tx.snapshot(ns, p)?, ns, name, p)?;
                 }
                 parent = new_parent.map(str::to_owned);
             }
@@ -543,6 +529,19 @@ fn parent_ids(
         next = prec.parent;
     }
     Ok(ids)
+}
+
+/// Checks that `parent` exists and is committed: only then may snapshot `key` stack on it.
+fn committed_parent(rec: Option<SnapshotRecord>, ns: &str, key: &str, parent: &str) -> Result<()> {
+    let prec = get(rec, ns, parent)?;
+    if prec.kind != SnapshotKind::Committed {
+        return Err(SnapshotError::ParentNotCommitted {
+            key: key.to_owned(),
+            parent: parent.to_owned(),
+            kind: prec.kind,
+        });
+    }
+    Ok(())
 }
 
 fn get(rec: Option<SnapshotRecord>, ns: &str, key: &str) -> Result<SnapshotRecord> {
