@@ -271,6 +271,13 @@ async fn true_exits_zero() {
     let pid = env.m.start(NS, &id, None).await.unwrap();
     let exit = wait(&env.m, &id).await;
     assert_eq!((exit.status, exit.pid), (0, pid));
+    // one more, timed end to end (create, start, wait, delete)
+    let t0 = Instant::now();
+    let (id2, _) = env.create(&["/bin/true"], IoConfig::default()).await;
+    env.m.start(NS, &id2, None).await.unwrap();
+    assert_eq!(wait(&env.m, &id2).await.status, 0);
+    env.m.delete(NS, &id2).await.unwrap();
+    eprintln!("create+start+wait+delete of /bin/true: {:?}", t0.elapsed());
     let st = env.m.state(NS, &id, None).await.unwrap();
     assert_eq!(st.status, TaskStatus::Stopped);
     assert_eq!(st.exit.unwrap().status, 0);
@@ -627,6 +634,33 @@ async fn refusals_leave_nothing_behind() {
     );
     assert!(!dir.path().join("state/tasks").join(NS).join("x").exists());
     m2.close().await;
+
+    // a created task that never started can be deleted
+    let (id, _) = env.create(&["sleep", "1000"], IoConfig::default()).await;
+    env.m.delete(NS, &id).await.unwrap();
+    assert!(!env.state().join("tasks").join(NS).join(&id).exists());
+
+    // a bundle whose creation never finished (rcd killed before the shim answered) is
+    // removed by the next reconnect, and so is a bundle without a record
+    for (n, record) in [(0, true), (1, false)] {
+        let id = format!("{}-unfinished{n}", env.id());
+        let b = env.state().join("tasks").join(NS).join(&id);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::write(b.join("config.json"), spec(&id, &["true"]).to_string()).unwrap();
+        if record {
+            let rec = json!({"namespace": NS, "id": id, "shim_binary": shim_binary(), "created_at_ms": 0});
+            std::fs::write(b.join("task.json"), rec.to_string()).unwrap();
+        }
+        let found = env.m.reconnect_all().await.unwrap();
+        assert_eq!(
+            found,
+            vec![Reconnected::Removed {
+                namespace: NS.into(),
+                id: id.clone()
+            }]
+        );
+        assert!(!b.exists());
+    }
 
     // a second manager on the same events socket is refused
     let e = TaskManager::new(config(env.dir.path()))
