@@ -380,6 +380,35 @@ pub async fn publish(
     }
 }
 
+/// Events are small; a larger stdin is not an event.
+const MAX_EVENT: u64 = 1 << 20;
+
+/// `rcd publish` as a whole: the event is read from stdin (what the shim wrote), then
+/// [`publish`]. The state dir to spool into is `$RCD_STATE_DIR` when set (the manager puts
+/// it in every shim's environment), else `default_state_dir`.
+pub async fn publish_from_stdin(
+    daemon_address: &Path,
+    default_state_dir: &Path,
+    namespace: &str,
+    topic: &str,
+) -> Result<Published> {
+    use std::io::Read;
+    let mut event = Vec::new();
+    std::io::stdin()
+        .take(MAX_EVENT + 1)
+        .read_to_end(&mut event)
+        .map_err(|e| TaskError::InvalidEvent(format!("reading the event from stdin: {e}")))?;
+    if event.len() as u64 > MAX_EVENT {
+        return Err(TaskError::InvalidEvent(format!(
+            "the event on stdin is larger than {MAX_EVENT} bytes"
+        )));
+    }
+    let state_dir = std::env::var_os(STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_state_dir.to_owned());
+    publish(daemon_address, &state_dir, namespace, topic, &event).await
+}
+
 async fn forward(socket: &Path, req: &ForwardRequest) -> std::result::Result<(), String> {
     let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", socket.display()))
         .await

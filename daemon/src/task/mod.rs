@@ -23,7 +23,10 @@ mod record;
 mod shim;
 
 pub use error::{Result, ShimCode, TaskError};
-pub use events::{publish, ttrpc_address_for, Published, TaskEvent, TaskEventKind, STATE_DIR_ENV};
+pub use events::{
+    publish, publish_from_stdin, ttrpc_address_for, Published, TaskEvent, TaskEventKind,
+    STATE_DIR_ENV,
+};
 pub use io::{IoConfig, ProcessIo, Stdio};
 pub use record::Exit;
 
