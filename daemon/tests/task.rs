@@ -65,9 +65,127 @@ struct Env {
 
 fn config(dir: &Path) -> TaskManagerConfig {
     let mut cfg = TaskManagerConfig::new(dir.join("state"), dir.join("rcd.sock"), shim_binary());
-    // Debian's shim forwards events over ttrpc and never runs the publish binary
-    cfg.publish_binary = PathBuf::from("/bin/false");
+    cfg.publish_binary = publish_binary();
     cfg
+}
+
+/// A stand-in for `rcd publish` (Debian's shim forwards its events over ttrpc and never runs
+/// it; rshim may): a script that turns `--address A publish --topic T --namespace NS` into
+/// a run of this test binary's `publish_helper`, which calls `publish_from_stdin`.
+fn publish_binary() -> PathBuf {
+    static SCRIPT: OnceLock<PathBuf> = OnceLock::new();
+    SCRIPT
+        .get_or_init(|| {
+            let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rcd-task-publish");
+            let script = format!(
+                "#!/bin/sh\n\
+                 while [ $# -gt 0 ]; do case \"$1\" in\n\
+                 --address) A=$2; shift;; --topic) T=$2; shift;; --namespace) N=$2; shift;;\n\
+                 esac; shift; done\n\
+                 RCD_PUBLISH_ADDRESS=\"$A\" RCD_PUBLISH_TOPIC=\"$T\" RCD_PUBLISH_NAMESPACE=\"$N\" \\\n\
+                 exec {} --exact publish_helper --test-threads=1 --quiet >/dev/null\n",
+                std::env::current_exe().unwrap().display()
+            );
+            let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+            std::fs::write(&tmp, script).unwrap();
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            path
+        })
+        .clone()
+}
+
+/// The body of the `publish_binary` script; a no-op in a normal test run.
+#[tokio::test]
+async fn publish_helper() {
+    let Some(address) = std::env::var_os("RCD_PUBLISH_ADDRESS") else {
+        return;
+    };
+    let ns = std::env::var("RCD_PUBLISH_NAMESPACE").unwrap();
+    let topic = std::env::var("RCD_PUBLISH_TOPIC").unwrap();
+    rcd::task::publish_from_stdin(Path::new(&address), Path::new("/nonexistent"), &ns, &topic)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_forwards_or_spools() {
+    use rcd::task::Published;
+    let env = Env::new().await;
+    let mut rx = env.m.subscribe();
+    // a TaskOOM event, as a shim would hand it over on stdin
+    let any = [
+        &[0x0a, 25][..],
+        b"containerd.events.TaskOOM",
+        &[0x12, 5, 0x0a, 3],
+        b"c-1",
+    ]
+    .concat();
+    let run = |state: &Path| {
+        let mut child = std::process::Command::new(publish_binary())
+            .args([
+                "--address",
+                &env.dir.path().join("rcd.sock").display().to_string(),
+                "publish",
+                "--topic",
+                "/tasks/oom",
+                "--namespace",
+                NS,
+            ])
+            .env(rcd::task::STATE_DIR_ENV, state)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&any).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    run(&env.state());
+    let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.namespace.as_str(), ev.topic.as_str()),
+        (NS, "/tasks/oom")
+    );
+    assert_eq!(ev.kind, TaskEventKind::Oom { id: "c-1".into() });
+
+    // no daemon: the event is spooled and the next manager replays it
+    env.m.close().await;
+    run(&env.state());
+    let spooled: Vec<_> = std::fs::read_dir(env.state().join("events"))
+        .unwrap()
+        .collect();
+    assert_eq!(spooled.len(), 1);
+    let m = TaskManager::new(config(env.dir.path())).await.unwrap();
+    let mut rx = m.subscribe();
+    assert!(m.reconnect_all().await.unwrap().is_empty());
+    let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.kind, TaskEventKind::Oom { id: "c-1".into() });
+    assert_eq!(
+        std::fs::read_dir(env.state().join("events"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        rcd::task::publish(
+            &env.dir.path().join("rcd.sock"),
+            &env.state(),
+            NS,
+            "/tasks/oom",
+            &any
+        )
+        .await
+        .unwrap(),
+        Published::Forwarded
+    );
+    m.close().await;
+    env.finish().await;
 }
 
 impl Env {
@@ -453,7 +571,15 @@ async fn pids_stats_pause_resume() {
         )
         .await;
     let pid = env.m.start(NS, &id, None).await.unwrap();
-    let pids = env.m.pids(NS, &id).await.unwrap();
+    // the shell forks its background sleep after the start returned
+    let mut pids = vec![];
+    for _ in 0..100 {
+        pids = env.m.pids(NS, &id).await.unwrap();
+        if pids.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(pids.contains(&pid) && pids.len() == 2, "{pids:?}");
     match env.m.stats(NS, &id).await.unwrap() {
         TaskStats::V1(m) => {

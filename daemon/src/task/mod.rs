@@ -255,17 +255,13 @@ pub struct TaskManager {
 }
 
 impl TaskManager {
-    /// Creates the state dirs, serves the events socket and replays events spooled while no
-    /// daemon ran. Does not touch existing shims: call [`TaskManager::reconnect_all`].
+    /// Creates the state dirs and serves the events socket. Does not touch existing shims
+    /// or spooled events: call [`TaskManager::reconnect_all`].
     pub async fn new(cfg: TaskManagerConfig) -> Result<TaskManager> {
         let tasks = cfg.state_dir.join(TASKS_DIR);
         std::fs::create_dir_all(&tasks).map_err(|e| TaskError::io("creating", &tasks, e))?;
         let (tx, _) = broadcast::channel(1024);
         let server = events::serve(&cfg.ttrpc_address, tx.clone()).await?;
-        let replayed = events::replay_spool(&cfg.state_dir, &tx);
-        if replayed > 0 {
-            info!("replayed {replayed} events spooled while rcd was down");
-        }
         Ok(TaskManager {
             inner: Arc::new(Inner {
                 cfg,
@@ -922,6 +918,10 @@ impl TaskManager {
                     shim::wait_gone(pid, Duration::from_secs(2)).await;
                 }
             }
+            // a shim should remove its socket on the way out; not every one does
+            if let Some(a) = &t.address {
+                remove_dead_socket(a);
+            }
         } else {
             // a dead shim's cleanup may still be running
             let _guard = t.cleanup.lock().await;
@@ -1093,7 +1093,13 @@ impl TaskManager {
     /// manager (state, pid, exit: the shim holds exits that happened while rcd was down).
     /// Dead shims are cleaned up (their binary's `delete`, mounts) and their tasks reported
     /// stopped; bundles of creations that never finished are removed.
+    ///
+    /// Events spooled by `rcd publish` while no daemon ran are sent first: subscribe before.
     pub async fn reconnect_all(&self) -> Result<Vec<Reconnected>> {
+        let replayed = events::replay_spool(&self.inner.cfg.state_dir, &self.inner.events);
+        if replayed > 0 {
+            info!("replayed {replayed} events spooled while rcd was down");
+        }
         let root = self.inner.cfg.state_dir.join(TASKS_DIR);
         let mut found = Vec::new();
         for ns in read_dirs(&root)? {
