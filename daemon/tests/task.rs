@@ -797,6 +797,57 @@ async fn refusals_leave_nothing_behind() {
     env.finish().await;
 }
 
+/// rcd killed after the shim's `start` answered but before `Create`: the shim runs, knows
+/// no task; the next reconnect shuts it down and removes the bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_removes_a_half_created_task() {
+    let mut env = Env::new().await;
+    let id = env.id();
+    let b = env.state().join("tasks").join(NS).join(&id);
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::write(b.join("config.json"), spec(&id, &["true"]).to_string()).unwrap();
+    let rec = json!({"namespace": NS, "id": id, "shim_binary": shim_binary(), "created_at_ms": 0});
+    std::fs::write(b.join("task.json"), rec.to_string()).unwrap();
+    // the shim's log FIFO, with a reader as rcd would hold (the Go shim waits for one)
+    nix::unistd::mkfifo(
+        &b.join("log"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let _log = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.join("log"))
+        .unwrap();
+    let out = std::process::Command::new(shim_binary())
+        .args(["-namespace", NS, "-address"])
+        .arg(env.dir.path().join("rcd.sock"))
+        .args(["-publish-binary", "/bin/false", "-id", &id, "start"])
+        .env("TTRPC_ADDRESS", env.dir.path().join("rcd.sock.ttrpc"))
+        .current_dir(&b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let address = String::from_utf8(out.stdout).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists());
+    let found = env.m.reconnect_all().await.unwrap();
+    assert_eq!(
+        found,
+        vec![Reconnected::Removed {
+            namespace: NS.into(),
+            id: id.clone()
+        }]
+    );
+    assert!(!b.exists());
+    assert!(
+        rtest::poll_until(Duration::from_secs(5), || !socket.exists()),
+        "the shim of the half-created task still serves {}",
+        socket.display()
+    );
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_killed_under_running_task() {
     let mut env = Env::new().await;

@@ -244,6 +244,8 @@ impl Drop for Task {
 struct Inner {
     cfg: TaskManagerConfig,
     tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
+    /// Tasks between their bundle's creation and their entry in `tasks`: not leftovers.
+    creating: Mutex<std::collections::HashSet<(String, String)>>,
     events: broadcast::Sender<TaskEvent>,
     server: tokio::sync::Mutex<Option<ttrpc::asynchronous::Server>>,
 }
@@ -266,6 +268,7 @@ impl TaskManager {
             inner: Arc::new(Inner {
                 cfg,
                 tasks: Mutex::new(HashMap::new()),
+                creating: Mutex::new(Default::default()),
                 events: tx,
                 server: tokio::sync::Mutex::new(Some(server)),
             }),
@@ -365,7 +368,22 @@ impl TaskManager {
 
     /// Creates a task: bundle, shim, `Create`. The init is created, not started. Returns
     /// its pid and rcd's ends of its pipes.
+    ///
+    /// Runs to its end even if the caller stops waiting (a cancelled gRPC call): a half-made
+    /// task would leak a shim.
     pub async fn create(
+        &self,
+        namespace: &str,
+        id: &str,
+        opts: CreateOptions,
+    ) -> Result<(u32, ProcessIo)> {
+        let (m, ns, id) = (self.clone(), namespace.to_owned(), id.to_owned());
+        tokio::spawn(async move { m.create_detached(&ns, &id, opts).await })
+            .await
+            .expect("task creation does not panic")
+    }
+
+    async fn create_detached(
         &self,
         namespace: &str,
         id: &str,
@@ -395,13 +413,17 @@ impl TaskManager {
             Err(e) => return Err(TaskError::io("creating", &bundle, e)),
         }
         let binary = self.inner.cfg.shim_binary.clone();
-        match self.create_in(namespace, id, &bundle, &binary, opts).await {
+        let key = (namespace.to_owned(), id.to_owned());
+        self.inner.creating.lock().unwrap().insert(key.clone());
+        let r = match self.create_in(namespace, id, &bundle, &binary, opts).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.discard(namespace, id, &bundle, &binary).await;
                 Err(e)
             }
-        }
+        };
+        self.inner.creating.lock().unwrap().remove(&key);
+        r
     }
 
     async fn create_in(
@@ -855,8 +877,15 @@ impl TaskManager {
 
     /// Deletes a task that is not running (created or stopped, or whose shim died): the
     /// shim's `Delete` and `Shutdown`, then the rootfs and the bundle go. Returns the init's
-    /// exit.
+    /// exit. Like `create`, runs to its end even if the caller stops waiting.
     pub async fn delete(&self, namespace: &str, id: &str) -> Result<Exit> {
+        let (m, ns, id) = (self.clone(), namespace.to_owned(), id.to_owned());
+        tokio::spawn(async move { m.delete_detached(&ns, &id).await })
+            .await
+            .expect("task deletion does not panic")
+    }
+
+    async fn delete_detached(&self, namespace: &str, id: &str) -> Result<Exit> {
         let t = self.get(namespace, id)?;
         if !t.dead.load(Ordering::Relaxed) {
             let st = self.state(namespace, id, None).await?;
@@ -1131,7 +1160,14 @@ impl TaskManager {
                 .unwrap_or_default()
         };
         let (namespace, id) = (name(bundle.parent().unwrap_or(bundle)), name(bundle));
-        if self.get(&namespace, &id).is_ok() {
+        if self.get(&namespace, &id).is_ok()
+            || self
+                .inner
+                .creating
+                .lock()
+                .unwrap()
+                .contains(&(namespace.clone(), id.clone()))
+        {
             return Ok(None);
         }
         let rec = match TaskRecord::load(bundle) {
@@ -1173,14 +1209,19 @@ impl TaskManager {
                         ..Default::default()
                     },
                 )
-                .await
-                .ok()?;
+                .await;
             Some((c, conn, st))
         }
         .await;
         let (client, shim_pid, state) = match live {
-            Some((c, conn, st)) => (Some(c), Some(conn.shim_pid), Some(st)),
-            None => (None, rec.shim_pid, None),
+            Some((c, conn, Ok(st))) => (Some(c), Some(conn.shim_pid), Some(st)),
+            Some((_, _, Err(ttrpc::Error::RpcStatus(st)))) if st.code() == ShimCode::NOT_FOUND => {
+                // rcd stopped between the shim's start and Create: nothing was handed out
+                self.discard(&namespace, &id, bundle, &rec.shim_binary)
+                    .await;
+                return Ok(Some(Reconnected::Removed { namespace, id }));
+            }
+            _ => (None, rec.shim_pid, None),
         };
         let log = if state.is_some() {
             Some(shim::open_log(bundle, &id)?)
