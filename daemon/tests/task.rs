@@ -562,7 +562,7 @@ async fn stdin_closed_on_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pids_stats_pause_resume() {
+async fn pids_stats_update_pause_resume() {
     let mut env = Env::new().await;
     let (id, _) = env
         .create(
@@ -589,6 +589,17 @@ async fn pids_stats_pause_resume() {
         TaskStats::V2(m) => assert_eq!(m.pids.current, 2),
         TaskStats::Other(a) => panic!("unexpected stats {}", a.type_url),
     }
+    env.m
+        .update(NS, &id, json!({"memory": {"limit": 64 << 20}}))
+        .await
+        .unwrap();
+    match env.m.stats(NS, &id).await.unwrap() {
+        TaskStats::V1(m) => assert_eq!(m.memory.usage.limit, 64 << 20),
+        TaskStats::V2(m) => assert_eq!(m.memory.usage_limit, 64 << 20),
+        TaskStats::Other(_) => unreachable!(),
+    }
+    let e = env.m.update(NS, &id, json!(1)).await.unwrap_err();
+    assert!(e.to_string().contains("must be a JSON object"), "{e}");
     env.m.pause(NS, &id).await.unwrap();
     assert_eq!(
         env.m.state(NS, &id, None).await.unwrap().status,

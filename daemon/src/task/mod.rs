@@ -875,6 +875,36 @@ impl TaskManager {
         Ok(())
     }
 
+    /// Changes the container's resources (`resources`: an OCI `LinuxResources` as JSON).
+    pub async fn update(
+        &self,
+        namespace: &str,
+        id: &str,
+        resources: serde_json::Value,
+    ) -> Result<()> {
+        let t = self.get(namespace, id)?;
+        if !resources.is_object() {
+            return Err(TaskError::InvalidRequest {
+                id: id.to_owned(),
+                what: "resources",
+                reason: "the resources must be a JSON object".into(),
+            });
+        }
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = serde_json::to_vec(&resources).expect("a JSON value serializes");
+        let req = api::UpdateTaskRequest {
+            id: id.to_owned(),
+            resources: MessageField::some(any),
+            ..Default::default()
+        };
+        self.call(&t, "update", None, |c, cx| async move {
+            c.update(cx, &req).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Deletes a task that is not running (created or stopped, or whose shim died): the
     /// shim's `Delete` and `Shutdown`, then the rootfs and the bundle go. Returns the init's
     /// exit. Like `create`, runs to its end even if the caller stops waiting.
