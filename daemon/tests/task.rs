@@ -421,20 +421,29 @@ async fn exit_code_and_events() {
     let (a, b) = tokio::join!(env.m.wait(NS, &id, None), env.m.wait(NS, &id, None));
     assert_eq!((a.unwrap(), b.unwrap()), (exit, exit));
     env.m.delete(NS, &id).await.unwrap();
+    // Debian's shim forwards in order; a shim that runs one publish process per event
+    // need not, so only the set is checked
+    let mut got = vec![];
+    for _ in 0..4 {
+        got.push(next_event(&mut rx, &id).await);
+    }
+    let has = |f: &dyn Fn(&TaskEventKind) -> bool| got.iter().any(f);
     assert!(
-        matches!(next_event(&mut rx, &id).await, TaskEventKind::Create { pid: p, .. } if p == pid)
+        has(&|k| matches!(k, TaskEventKind::Create { pid: p, .. } if *p == pid)),
+        "{got:?}"
     );
     assert!(
-        matches!(next_event(&mut rx, &id).await, TaskEventKind::Start { pid: p, .. } if p == pid)
+        has(&|k| matches!(k, TaskEventKind::Start { pid: p, .. } if *p == pid)),
+        "{got:?}"
     );
-    assert!(matches!(
-        next_event(&mut rx, &id).await,
-        TaskEventKind::Exit { exit_status: 7, .. }
-    ));
-    assert!(matches!(
-        next_event(&mut rx, &id).await,
-        TaskEventKind::Delete { exit_status: 7, .. }
-    ));
+    assert!(
+        has(&|k| matches!(k, TaskEventKind::Exit { exit_status: 7, .. })),
+        "{got:?}"
+    );
+    assert!(
+        has(&|k| matches!(k, TaskEventKind::Delete { exit_status: 7, .. })),
+        "{got:?}"
+    );
     env.finish().await;
 }
 

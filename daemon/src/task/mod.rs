@@ -977,9 +977,15 @@ impl TaskManager {
                     shim::wait_gone(pid, Duration::from_secs(2)).await;
                 }
             }
-            // a shim should remove its socket on the way out; not every one does
+            // a shim should remove its socket on the way out; not every one does, and a
+            // child that inherited its listener keeps the socket answering for a moment
             if let Some(a) = &t.address {
-                remove_dead_socket(a);
+                for _ in 0..25 {
+                    if remove_dead_socket(a) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         } else {
             // a dead shim's cleanup may still be running
@@ -1095,7 +1101,9 @@ impl TaskManager {
         }
         t.stop_background();
         if let Some(a) = &t.address {
-            remove_dead_socket(a);
+            if !remove_dead_socket(a) {
+                warn!(namespace = %t.namespace, id = %t.id, "the dead shim's socket {a} still answers");
+            }
         }
         let exit = t
             .exit()
@@ -1445,18 +1453,21 @@ fn release_bundle(bundle: &Path) {
 }
 
 /// Removes the socket file of a dead shim (a shim killed by a signal leaves it behind):
-/// only a `unix://` path on which nothing answers.
-fn remove_dead_socket(address: &str) {
+/// only a `unix://` path on which nothing answers. Whether the socket is gone now.
+fn remove_dead_socket(address: &str) -> bool {
     let Some(path) = address.strip_prefix("unix://") else {
-        return;
+        return true;
     };
     if path.starts_with('@') {
-        return;
+        return true;
     }
-    if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
-        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             let _ = std::fs::remove_file(path);
+            true
         }
+        Err(_) => true,
     }
 }
 
