@@ -55,8 +55,10 @@ pub struct ImportedImage {
 /// Reads an archive (a tar stream, plain or gzip/zstd-compressed: an OCI image layout or a
 /// Docker `save` archive) into `store` and returns its images, for the caller to record.
 ///
-/// Nothing is committed unless the whole archive checks out; on error every ingest of this
-/// import is removed and so is every blob it committed that was not in the store before.
+/// Nothing is committed unless the whole archive checks out, and on error every ingest of
+/// this import is removed: a bad archive leaves nothing. Only a failure while committing
+/// (I/O) can leave verified blobs behind, unreferenced until GC, as an interrupted pull does;
+/// removing them could take a blob from a concurrent import or pull that counted on it.
 /// The work runs on a blocking thread (the tar crate is synchronous); `reader` is read there
 /// through a [`SyncIoBridge`].
 pub async fn import<R>(
@@ -72,7 +74,7 @@ where
     let mut stage = Stage::new(store.clone(), handle, opts.clone());
     tokio::task::spawn_blocking(move || {
         let result = stage.run(reader);
-        stage.discard(result.is_err());
+        stage.discard();
         result
     })
     .await
@@ -105,8 +107,6 @@ struct Stage {
     generated: HashMap<Digest, Vec<u8>>,
     /// Where each digest is staged (the first file that has it).
     by_digest: HashMap<Digest, String>,
-    /// Blobs committed by this import that were not in the store before.
-    committed: Vec<Digest>,
 }
 
 fn read_err(e: io::Error) -> ArchiveError {
@@ -125,7 +125,6 @@ impl Stage {
             metadata_bytes: 0,
             generated: HashMap::new(),
             by_digest: HashMap::new(),
-            committed: Vec::new(),
         }
     }
 
@@ -156,20 +155,12 @@ impl Stage {
         Ok(images)
     }
 
-    /// Aborts every staged ingest left; after a failure also removes the blobs committed.
-    fn discard(&mut self, failed: bool) {
+    /// Aborts every staged ingest left.
+    fn discard(&mut self) {
         for (name, file) in std::mem::take(&mut self.files) {
             if let Some(w) = file.writer {
                 if let Err(e) = self.handle.block_on(w.abort()) {
                     warn!(entry = %name, error = %e, "removing staged ingest");
-                }
-            }
-        }
-        if failed {
-            for d in std::mem::take(&mut self.committed) {
-                debug!(digest = %d, "removing blob of a failed import");
-                if let Err(e) = self.handle.block_on(self.store.delete(&d)) {
-                    warn!(digest = %d, error = %e, "removing blob of a failed import");
                 }
             }
         }
@@ -698,7 +689,6 @@ impl Stage {
     /// Commits the blobs in `order` (children first): staged ingests, or generated manifests.
     fn commit(&mut self, order: &[Digest]) -> Result<()> {
         for digest in order {
-            let existed = self.handle.block_on(self.store.exists(digest))?;
             if let Some(data) = self.generated.get(digest) {
                 let reference = format!("{}-{}", self.prefix, digest.hex());
                 let store = self.store.clone();
@@ -723,9 +713,6 @@ impl Stage {
                     });
                 };
                 self.handle.block_on(writer.commit())?;
-            }
-            if !existed {
-                self.committed.push(digest.clone());
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 //!   and every image in it checked (digests, sizes, references, diff IDs). Then only the blobs
 //!   the images reach are committed, children before parents (layers and configs, then
 //!   manifests, then indexes), and every other ingest is discarded. Any error discards all
-//!   ingests and removes the blobs this import committed that were not there before.
+//!   ingests; as every check comes before the first commit, a bad archive leaves nothing.
 //! - [`export`] writes an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) plus a
 //!   Docker `manifest.json`, as containerd's `ctr images export` does, so both `skopeo copy
 //!   oci-archive:` and `docker load` read it. Blobs are streamed from the store's files.
