@@ -609,3 +609,107 @@ async fn a_failed_import_keeps_blobs_that_were_there_before() {
         0
     );
 }
+
+/// Peak RSS of this process, in KiB.
+fn vm_hwm() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Measures import and export of a docker archive with one large layer (`RCD_ARCHIVE_MIB`,
+/// default 256): run with `--ignored --nocapture`. Memory must not grow with the layer.
+#[tokio::test]
+#[ignore]
+async fn measure_large_archive() {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write;
+    let mib: usize = std::env::var("RCD_ARCHIVE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let t = tempfile::tempdir().unwrap();
+    // the layer: a tar of one file of pseudo-random bytes, written and hashed in chunks
+    let layer = t.path().join("layer.tar");
+    {
+        let mut tb = tar::Builder::new(std::fs::File::create(&layer).unwrap());
+        let mut h = tar::Header::new_ustar();
+        h.set_size((mib << 20) as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let reader = XorShift {
+            x: 0x9e37_79b9_7f4a_7c15,
+            left: mib << 20,
+        };
+        tb.append_data(&mut h, "big", reader).unwrap();
+        tb.finish().unwrap();
+    }
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&layer).unwrap(), &mut hasher).unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let archive_path = t.path().join("big.tar");
+    {
+        let mut tb = tar::Builder::new(std::fs::File::create(&archive_path).unwrap());
+        tb.append_path_with_name(&layer, "l/layer.tar").unwrap();
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tb.append_data(&mut h, name, data).unwrap();
+        };
+        add("c.json", &config);
+        let m = json!([{"Config": "c.json", "RepoTags": ["big:1"], "Layers": ["l/layer.tar"]}]);
+        add("manifest.json", &serde_json::to_vec(&m).unwrap());
+        tb.into_inner().unwrap().flush().unwrap();
+    }
+    std::fs::remove_file(&layer).unwrap();
+    let (_d, s) = store().await;
+    let before = vm_hwm();
+    let started = std::time::Instant::now();
+    let got = import_file(&s, &archive_path).await;
+    let import = started.elapsed();
+    let started = std::time::Instant::now();
+    let images = [ExportImage {
+        name: "big:1".into(),
+        target: got[0].target.clone(),
+    }];
+    export_to(
+        &s,
+        &images,
+        &t.path().join("out.tar"),
+        &ExportOptions::default(),
+    )
+    .await;
+    let export = started.elapsed();
+    println!(
+        "{mib} MiB layer: import {import:?}, export {export:?}, peak RSS {} MiB (+{} MiB over the run)",
+        vm_hwm() >> 10,
+        (vm_hwm() - before) >> 10
+    );
+}
+
+/// Pseudo-random bytes (incompressible, cheap), `left` of them.
+struct XorShift {
+    x: u64,
+    left: usize,
+}
+
+impl std::io::Read for XorShift {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left) & !7;
+        for c in buf[..n].chunks_mut(8) {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            c.copy_from_slice(&self.x.to_le_bytes());
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
