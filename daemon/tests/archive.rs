@@ -3,8 +3,8 @@
 //! built here.
 
 use rcd::archive::{
-    self, ArchiveError, Descriptor, ExportImage, ExportOptions, ImportOptions, ImportedImage,
-    MissingPolicy,
+    self, ArchiveError, Descriptor, ExportFormat, ExportImage, ExportOptions, ImportOptions,
+    ImportedImage, MissingPolicy,
 };
 use rcd::content::{ContentStore, Digest};
 use rcd::pull::{Platform as RcdPlatform, PullOptions, Puller, RegistryConfig};
@@ -712,4 +712,156 @@ impl std::io::Read for XorShift {
         self.left -= n;
         Ok(n)
     }
+}
+
+#[tokio::test]
+async fn imports_legacy_docker_layouts_with_linked_and_gzipped_layers() {
+    // docker save writes a repeated layer once and links the second `<id>/layer.tar` to it
+    let tar = TarBuilder::new().file("a", b"a\n", 0o644).finish();
+    let gz = rtest::Compression::Gzip.compress(&tar).unwrap();
+    let diff = rtest::sha256_digest(&tar);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "arm64", "variant": "v8", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff, diff, diff]},
+    }))
+    .unwrap();
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    let mut tb = TarBuilder::new();
+    tb.dir(&format!("{a}/"), 0o755)
+        .file(&format!("{a}/layer.tar"), &tar, 0o644)
+        .file(&format!("{a}/json"), b"{}", 0o644)
+        .file(&format!("{a}/VERSION"), b"1.0", 0o644)
+        .dir(&format!("{b}/"), 0o755)
+        .symlink(&format!("{b}/layer.tar"), &format!("../{a}/layer.tar"))
+        .file(&format!("{c}.tar.gz"), &gz, 0o644)
+        .file("cfg.json", &config, 0o644)
+        .file("repositories", br#"{"x":{"1":"aaaa"}}"#, 0o644)
+        .file(
+            "manifest.json",
+            &serde_json::to_vec(&json!([{
+                "Config": "cfg.json",
+                "RepoTags": ["example.com/x:1", "x:2"],
+                "Layers": [format!("{a}/layer.tar"), format!("{b}/layer.tar"), format!("{c}.tar.gz")],
+            }]))
+            .unwrap(),
+            0o644,
+        );
+    let (_d, s) = store().await;
+    let got = import_bytes(&s, tb.finish()).await.unwrap();
+    let names: Vec<_> = got.iter().map(|i| i.name.clone().unwrap()).collect();
+    assert_eq!(names, ["example.com/x:1", "docker.io/library/x:2"]);
+    assert_eq!(got[0].target, got[1].target);
+    let p = got[0].target.platform.clone().unwrap();
+    assert_eq!(
+        (p.architecture.as_str(), p.variant.as_deref()),
+        ("arm64", Some("v8"))
+    );
+    let m: Value =
+        serde_json::from_slice(&s.read_all(&got[0].target.digest).await.unwrap()).unwrap();
+    let types: Vec<_> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.docker.image.rootfs.diff.tar",
+            "application/vnd.docker.image.rootfs.diff.tar",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        ]
+    );
+    assert_eq!(m["layers"][2]["digest"], rtest::sha256_digest(&gz));
+    // config, the tar once, the gzip, the manifest: docker's own files are not stored
+    assert_eq!(s.list().await.unwrap().len(), 4);
+    assert_eq!(
+        std::fs::read_dir(s.root().join("ingest")).unwrap().count(),
+        0
+    );
+}
+
+/// The entry names of a tar file.
+fn tar_names(path: &Path) -> Vec<String> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn exports_docker_only_and_oci_only_archives() {
+    let index = busybox_index();
+    let (_d, s) = store().await;
+    let got = import_bytes(&s, index.oci_archive("example.com/multi:v1").unwrap())
+        .await
+        .unwrap();
+    let images = [ExportImage {
+        name: "example.com/multi:v1".into(),
+        target: got[0].target.clone(),
+    }];
+    let t = tempfile::tempdir().unwrap();
+    let arm = index.image_for(&rtest::Platform::linux_arm64()).unwrap();
+
+    let docker = t.path().join("docker.tar");
+    let opts = ExportOptions {
+        format: ExportFormat::Docker,
+        platform: RcdPlatform::linux_arm64(),
+        ..Default::default()
+    };
+    export_to(&s, &images, &docker, &opts).await;
+    let names = tar_names(&docker);
+    assert!(names.contains(&"manifest.json".to_owned()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "index.json" || n == "oci-layout"),
+        "{names:?}"
+    );
+    // the arm64 config and layers only: no manifests, no index, nothing of amd64
+    let blobs = names
+        .iter()
+        .filter(|n| n.starts_with("blobs/sha256/") && n.len() > 13)
+        .count();
+    assert_eq!(blobs, 1 + arm.layers.len(), "{names:?}");
+    let inspect = skopeo_inspect(&format!("docker-archive:{}", docker.display()));
+    assert_eq!(inspect["Architecture"], "arm64");
+    let (_d2, s2) = store().await;
+    let back = import_file(&s2, &docker).await;
+    assert_eq!(back[0].name.as_deref(), Some("example.com/multi:v1"));
+    let m: Value =
+        serde_json::from_slice(&s2.read_all(&back[0].target.digest).await.unwrap()).unwrap();
+    assert_eq!(m["config"]["digest"], arm.config.digest);
+    // the fixture's layers are gzip: kept as they are, typed as docker gzip layers
+    assert_eq!(m["layers"][0]["digest"], arm.layers[0].digest);
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+
+    let oci = t.path().join("oci.tar");
+    let opts = ExportOptions {
+        format: ExportFormat::Oci,
+        ..Default::default()
+    };
+    export_to(&s, &images, &oci, &opts).await;
+    let names = tar_names(&oci);
+    assert!(!names.contains(&"manifest.json".to_owned()), "{names:?}");
+    let (_d3, s3) = store().await;
+    assert_eq!(import_file(&s3, &oci).await, got);
+    assert_eq!(
+        s3.list().await.unwrap().len(),
+        s.list().await.unwrap().len()
+    );
+
+    // nothing to put in a docker archive for a platform the index lacks
+    let f = tokio::fs::File::create(t.path().join("none.tar"))
+        .await
+        .unwrap();
+    let opts = ExportOptions {
+        format: ExportFormat::Docker,
+        platform: RcdPlatform::new("linux", "s390x", None),
+        ..Default::default()
+    };
+    let e = archive::export(&s, &images, f, &opts).await.unwrap_err();
+    assert!(e.to_string().contains("linux/s390x"), "{e}");
 }

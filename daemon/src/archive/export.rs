@@ -42,9 +42,21 @@ pub struct ExportOptions {
     /// Which manifest of an index goes into `manifest.json` (Docker's format has one image
     /// per entry); default: the host's.
     pub platform: Platform,
-    /// Write Docker's `manifest.json` beside the OCI layout, so `docker load` reads the
-    /// archive (default: yes).
-    pub docker_manifest: bool,
+    pub format: ExportFormat,
+}
+
+/// What the archive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportFormat {
+    /// An OCI image layout plus Docker's `manifest.json`, as containerd writes: read by
+    /// `skopeo … oci-archive:`, `ctr images import` and `docker load`.
+    #[default]
+    OciAndDocker,
+    /// The OCI image layout alone.
+    Oci,
+    /// Docker's `manifest.json` and the configs and layers it names (no `index.json`, no
+    /// indexes, only the [`ExportOptions::platform`] manifest of an index).
+    Docker,
 }
 
 impl Default for ExportOptions {
@@ -52,7 +64,7 @@ impl Default for ExportOptions {
         ExportOptions {
             missing: MissingPolicy::Skip,
             platform: Platform::host(),
-            docker_manifest: true,
+            format: ExportFormat::OciAndDocker,
         }
     }
 }
@@ -93,6 +105,7 @@ where
         });
     }
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
+    // `blobs` is in dependency order (children first) for readers that stream
     let mut parts: HashMap<Digest, Parts> = HashMap::new();
     let mut index = Vec::new();
     let mut docker: Vec<(Digest, Vec<String>)> = Vec::new();
@@ -125,7 +138,7 @@ where
         }
         index.push(desc);
 
-        if !opts.docker_manifest {
+        if opts.format == ExportFormat::Oci {
             continue;
         }
         // Docker's format holds one image per entry: the manifest itself, or the index's
@@ -159,7 +172,22 @@ where
         "manifests": index,
     }))
     .map_err(|e| ArchiveError::Write(e.to_string()))?;
-    let manifest_json = if opts.docker_manifest {
+    if opts.format == ExportFormat::Docker {
+        // only what manifest.json names: configs and layers
+        if docker.is_empty() {
+            return Err(ArchiveError::Invalid {
+                what: "docker archive".into(),
+                reason: format!("no image has a manifest for {}", opts.platform),
+            });
+        }
+        let wanted: Vec<&Digest> = docker
+            .iter()
+            .filter_map(|(m, _)| parts.get(m))
+            .flat_map(|p| std::iter::once(&p.config).chain(&p.layers))
+            .collect();
+        blobs.retain(|(d, _)| wanted.contains(&d));
+    }
+    let manifest_json = if opts.format != ExportFormat::Oci {
         #[derive(Serialize)]
         struct Entry {
             #[serde(rename = "Config")]
@@ -191,15 +219,9 @@ where
     let handle = Handle::current();
     let out = SyncIoBridge::new_with_handle(writer, handle);
     let store = store.clone();
+    let oci = (opts.format != ExportFormat::Docker).then_some((layout, index_json));
     let stats = tokio::task::spawn_blocking(move || {
-        write_tar(
-            &store,
-            out,
-            &blobs,
-            &layout,
-            &index_json,
-            manifest_json.as_deref(),
-        )
+        write_tar(&store, out, &blobs, oci, manifest_json.as_deref())
     })
     .await
     .map_err(|e| ArchiveError::Write(format!("export task failed: {e}")))??;
@@ -379,14 +401,18 @@ fn write_tar<W: AsyncWrite + Unpin>(
     store: &ContentStore,
     out: SyncIoBridge<W>,
     blobs: &[(Digest, u64)],
-    layout: &[u8],
-    index: &[u8],
+    oci: Option<(Vec<u8>, Vec<u8>)>,
     manifest: Option<&[u8]>,
 ) -> Result<ExportStats> {
     let werr = |e: io::Error| ArchiveError::Write(e.to_string());
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
-    tar.append(&header("oci-layout", layout.len() as u64, false), layout)
+    if let Some((layout, _)) = &oci {
+        tar.append(
+            &header("oci-layout", layout.len() as u64, false),
+            &layout[..],
+        )
         .map_err(werr)?;
+    }
     tar.append(&header("blobs/", 0, true), io::empty())
         .map_err(werr)?;
     tar.append(&header("blobs/sha256/", 0, true), io::empty())
@@ -421,8 +447,10 @@ fn write_tar<W: AsyncWrite + Unpin>(
         stats.blobs += 1;
         stats.blob_bytes += size;
     }
-    tar.append(&header("index.json", index.len() as u64, false), index)
-        .map_err(werr)?;
+    if let Some((_, index)) = &oci {
+        tar.append(&header("index.json", index.len() as u64, false), &index[..])
+            .map_err(werr)?;
+    }
     if let Some(m) = manifest {
         tar.append(&header("manifest.json", m.len() as u64, false), m)
             .map_err(werr)?;

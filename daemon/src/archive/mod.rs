@@ -24,7 +24,7 @@
 mod export;
 mod import;
 
-pub use export::{export, ExportImage, ExportOptions, ExportStats, MissingPolicy};
+pub use export::{export, ExportFormat, ExportImage, ExportOptions, ExportStats, MissingPolicy};
 pub use import::{import, ImportOptions, ImportedImage};
 
 use crate::content::{ContentError, Digest, InvalidDigest};
