@@ -11,4 +11,5 @@ pub mod metadata;
 pub mod pull;
 pub mod server;
 pub mod snapshot;
+pub mod spec;
 pub mod unpack;
