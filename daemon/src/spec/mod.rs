@@ -600,7 +600,10 @@ pub fn generate(
     } else {
         Some(rlimits)
     });
-    process.set_no_new_privileges(Some(req.no_new_privileges));
+    // false is written as absent (the same in the OCI spec): youki's libcontainer 0.7 tests
+    // the field for presence, and with `false` present loads seccomp after dropping
+    // CAP_SYS_ADMIN, which fails
+    process.set_no_new_privileges(req.no_new_privileges.then_some(true));
     process.set_apparmor_profile(None);
     process.set_selinux_label(None);
     if let Some(adj) = req.oom_score_adj {

@@ -570,27 +570,23 @@ pub fn default_profile(caps: &HashSet<Capability>) -> LinuxSeccomp {
         syscalls.push(rule(&unlocked, allow));
     }
     if !caps.contains(&Capability::SysAdmin) {
-        // s390 passes the flags as the second argument; every other arch as the first
+        // s390 passes the flags as the second argument; every other arch as the first.
+        // SCMP_CMP_MASKED_EQ is `(arg & value) == valueTwo` (OCI, runc). youki's
+        // libcontainer 0.7 swaps the two, which makes the mask 0 and the rule an
+        // unconditional allow: runr must swap them back before handing the spec over.
         let index = if std::env::consts::ARCH == "s390x" {
             1
         } else {
             0
         };
-        // The OCI spec (and runc) read SCMP_CMP_MASKED_EQ as `(arg & value) == valueTwo`;
-        // youki's libcontainer 0.7 (under runr) as `(arg & valueTwo) == value`. The rule is
-        // written both ways: under either reading one is the real check (no namespace flag
-        // set) and the other masks with 0 against a non-zero value, so it never matches.
-        for (value, value_two) in [(CLONE_NAMESPACE_FLAGS, 0), (0, CLONE_NAMESPACE_FLAGS)] {
-            let mut clone = rule(&["clone"], allow);
-            let a = arg2(
-                index,
-                value,
-                Some(value_two),
-                LinuxSeccompOperator::ScmpCmpMaskedEq,
-            );
-            clone.set_args(Some(vec![a]));
-            syscalls.push(clone);
-        }
+        let mut clone = rule(&["clone"], allow);
+        clone.set_args(Some(vec![arg2(
+            index,
+            CLONE_NAMESPACE_FLAGS,
+            Some(0),
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        )]));
+        syscalls.push(clone);
         let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
         clone3.set_errno_ret(Some(ENOSYS));
         syscalls.push(clone3);
@@ -910,7 +906,7 @@ mod tests {
                 (a.value(), a.value_two())
             })
             .collect();
-        assert_eq!(clones, vec![(0x7E02_0000, Some(0)), (0, Some(0x7E02_0000))]);
+        assert_eq!(clones, vec![(0x7E02_0000, Some(0))]);
         let clone3 = p
             .syscalls()
             .as_ref()
