@@ -204,7 +204,10 @@ pub struct ContainerRequest {
     pub labels: BTreeMap<String, String>,
     pub tty: bool,
     pub namespaces: Namespaces,
-    /// `linux.cgroupsPath`; default [`default_cgroups_path`] of namespace `default`.
+    /// rcd namespace of the container (default `default`): part of the default cgroup path.
+    pub namespace: Option<String>,
+    /// `linux.cgroupsPath`: an absolute cgroupfs path (a pod's parent plus the ID, see
+    /// [`cgroups_path_under`]); default [`default_cgroups_path`].
     pub cgroups_path: Option<String>,
     /// `None`: RLIMIT_NOFILE 1024:1024 (containerd's default spec). `Some(vec![])`: none,
     /// the container inherits the runtime's (what the CRI wants).
@@ -269,6 +272,28 @@ pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 /// containerd-style cgroup path of a container: `/rcd/<namespace>/<id>`.
 pub fn default_cgroups_path(namespace: &str, id: &str) -> String {
     format!("/rcd/{namespace}/{id}")
+}
+
+/// The cgroup path of container `id` under a pod's (or any) parent cgroup.
+pub fn cgroups_path_under(parent: &str, id: &str) -> String {
+    format!("{}/{id}", parent.trim_end_matches('/'))
+}
+
+fn check_cgroups_path(p: &str) -> Result<(), SpecError> {
+    let bad = |reason: &str| SpecError::InvalidRequest {
+        field: format!("cgroups path {p:?}"),
+        reason: reason.to_owned(),
+    };
+    if !p.starts_with('/') {
+        return Err(bad("it must be an absolute cgroupfs path"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(bad("it contains \"..\""));
+    }
+    if p.trim_end_matches('/').is_empty() {
+        return Err(bad("a container cannot use the root cgroup"));
+    }
+    Ok(())
 }
 
 /// Merges environments: `base` then `over`, a key set twice keeps its first position and
@@ -669,12 +694,20 @@ pub fn generate(
     res.set_devices(Some(rules));
     linux.set_resources(Some(res));
     linux.set_devices(if devs.is_empty() { None } else { Some(devs) });
-    linux.set_cgroups_path(Some(
-        req.cgroups_path
-            .clone()
-            .unwrap_or_else(|| default_cgroups_path("default", &req.id))
-            .into(),
-    ));
+    let cgroups_path = match &req.cgroups_path {
+        Some(p) => p.clone(),
+        None => {
+            if req.id.is_empty() || req.id.contains('/') || req.id == ".." {
+                return Err(SpecError::InvalidRequest {
+                    field: format!("container id {:?}", req.id),
+                    reason: "it cannot name a cgroup (empty, or with '/')".into(),
+                });
+            }
+            default_cgroups_path(req.namespace.as_deref().unwrap_or("default"), &req.id)
+        }
+    };
+    check_cgroups_path(&cgroups_path)?;
+    linux.set_cgroups_path(Some(cgroups_path.into()));
     if req.privileged {
         linux.set_masked_paths(None);
         linux.set_readonly_paths(None);

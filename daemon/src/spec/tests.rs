@@ -478,3 +478,31 @@ fn merge_env_keeps_first_position() {
     let out = merge_env(&["A=1".into(), "B=2".into(), "A=3".into()], &["B=4".into()]).unwrap();
     assert_eq!(out, vec!["A=3", "B=4"]);
 }
+
+#[test]
+fn cgroup_paths() {
+    let mut r = req("c1");
+    r.namespace = Some("k8s.io".into());
+    let g = gen(&busybox(), &r).unwrap();
+    assert_eq!(
+        linux(&g).cgroups_path().as_deref(),
+        Some(Path::new("/rcd/k8s.io/c1"))
+    );
+    r.cgroups_path = Some(cgroups_path_under("/kubepods/pod123/", "c1"));
+    let g = gen(&busybox(), &r).unwrap();
+    assert_eq!(
+        linux(&g).cgroups_path().as_deref(),
+        Some(Path::new("/kubepods/pod123/c1"))
+    );
+    for (p, why) in [
+        ("rel/c1", "absolute"),
+        ("/a/../b", "\"..\""),
+        ("/", "root cgroup"),
+    ] {
+        r.cgroups_path = Some(p.into());
+        let e = gen(&busybox(), &r).unwrap_err().to_string();
+        assert!(e.contains(why) && e.contains(p), "{p}: {e}");
+    }
+    let e = gen(&busybox(), &req("")).unwrap_err().to_string();
+    assert!(e.contains("container id"), "{e}");
+}
