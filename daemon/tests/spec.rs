@@ -482,3 +482,42 @@ fn clone_with_namespace_flags_is_refused_under_runc() {
 fn clone_with_namespace_flags_is_refused_under_runr() {
     check_clone_restriction("runr");
 }
+
+#[test]
+fn exec_process_runs_in_the_container() {
+    let rt = Runtime::new();
+    let id = rt.id("spec");
+    let b = bundle(
+        &rt,
+        &id,
+        ContainerRequest {
+            env: vec!["FROM_CONTAINER=yes".into()],
+            ..Default::default()
+        },
+        "sleep 600",
+    );
+    rt.run_detached(&b, &id);
+    let container: oci_spec::runtime::Spec = serde_json::from_value(b.config.clone()).unwrap();
+    let p = spec::exec_process(
+        &container,
+        &spec::ExecRequest {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "id -u; echo $FROM_CONTAINER $HOME; pwd".into(),
+            ],
+            user: Some("app".into()),
+            cwd: Some("/tmp".into()),
+            ..Default::default()
+        },
+        &b.rootfs(),
+    )
+    .unwrap();
+    let file = rt.scratch().join("process.json");
+    std::fs::write(&file, serde_json::to_vec(&p).unwrap()).unwrap();
+    let out = rt
+        .cmd(&["exec", "--process", file.to_str().unwrap(), &id])
+        .ok();
+    assert_eq!(out.stdout, "1000\nyes /home/app\n/tmp\n", "{out:?}");
+    rt.delete_force(&id);
+}

@@ -756,6 +756,70 @@ pub fn generate(
     })
 }
 
+/// An extra process in a running container (`exec`): what changes from the container's own.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` on top of the container's environment.
+    pub env: Vec<String>,
+    /// Default the container's working directory.
+    pub cwd: Option<String>,
+    /// `name|uid[:group|gid]`, resolved in the container's rootfs; default the container's.
+    pub user: Option<String>,
+    pub tty: bool,
+}
+
+/// The `process` of an exec in a container made from `container` (its spec): its
+/// capabilities, rlimits, no_new_privileges and environment, with `req` on top. Runtimes
+/// take it as `exec --process FILE`.
+pub fn exec_process(
+    container: &Spec,
+    req: &ExecRequest,
+    rootfs: &Path,
+) -> Result<Process, SpecError> {
+    let mut p = container.process().clone().unwrap_or_default();
+    if req.args.is_empty() {
+        return Err(SpecError::InvalidRequest {
+            field: "exec command".into(),
+            reason: "it is empty".into(),
+        });
+    }
+    p.set_args(Some(req.args.clone()));
+    let mut env = merge_env(&p.env().clone().unwrap_or_default(), &req.env)?;
+    if let Some(u) = &req.user {
+        let user = user::resolve(rootfs, Some(u), &[])?;
+        let mut spec_user = User::default();
+        spec_user.set_uid(user.uid);
+        spec_user.set_gid(user.gid);
+        if !user.additional_gids.is_empty() {
+            spec_user.set_additional_gids(Some(user.additional_gids.clone()));
+        }
+        p.set_user(spec_user);
+        // HOME follows the user unless the exec sets it
+        if !req.env.iter().any(|e| e.starts_with("HOME=")) {
+            env.retain(|e| !e.starts_with("HOME="));
+            env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
+        }
+    }
+    if req.tty && !env_has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    p.set_env(Some(env));
+    if let Some(c) = &req.cwd {
+        if !c.starts_with('/') {
+            return Err(SpecError::InvalidRequest {
+                field: format!("working directory {c:?}"),
+                reason: "it must be an absolute path".into(),
+            });
+        }
+        p.set_cwd(c.into());
+    }
+    p.set_terminal(Some(req.tty));
+    // an exec never changes the container's oom_score_adj
+    p.set_oom_score_adj(None);
+    Ok(p)
+}
+
 fn clean_dst(d: &str) -> String {
     let t = d.trim_end_matches('/');
     if t.is_empty() {

@@ -506,3 +506,48 @@ fn cgroup_paths() {
     let e = gen(&busybox(), &req("")).unwrap_err().to_string();
     assert!(e.contains("container id"), "{e}");
 }
+
+#[test]
+fn exec_processes_inherit_the_container_and_override() {
+    let d = rootfs();
+    let mut r = req("c1");
+    r.env = vec!["A=1".into()];
+    r.cap_add = vec!["NET_ADMIN".into()];
+    let g = generate(Some(&busybox()), &r, d.path()).unwrap();
+    let e = ExecRequest {
+        args: vec!["id".into()],
+        env: vec!["B=2".into()],
+        cwd: Some("/tmp".into()),
+        user: Some("app".into()),
+        tty: true,
+    };
+    let p = exec_process(&g.spec, &e, d.path()).unwrap();
+    assert_eq!(p.args().as_ref().unwrap(), &["id"]);
+    assert_eq!(p.cwd(), Path::new("/tmp"));
+    assert_eq!(p.user().uid(), 1000);
+    let env = p.env().clone().unwrap();
+    for want in ["A=1", "B=2", "HOME=/home/app", "TERM=xterm"] {
+        assert!(env.contains(&want.to_string()), "{want}: {env:?}");
+    }
+    assert!(!env.contains(&"HOME=/root".to_string()));
+    assert_eq!(p.capabilities(), process(&g).capabilities());
+    assert_eq!(p.terminal(), Some(true));
+
+    let e = exec_process(&g.spec, &ExecRequest::default(), d.path()).unwrap_err();
+    assert!(e.to_string().contains("exec command"), "{e}");
+    let bad = ExecRequest {
+        args: vec!["x".into()],
+        user: Some("ghost".into()),
+        ..Default::default()
+    };
+    let e = exec_process(&g.spec, &bad, d.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown user \"ghost\""), "{e}");
+    let bad = ExecRequest {
+        args: vec!["x".into()],
+        env: vec!["NOPE".into()],
+        ..Default::default()
+    };
+    assert!(exec_process(&g.spec, &bad, d.path()).is_err());
+}
