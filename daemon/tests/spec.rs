@@ -521,3 +521,26 @@ fn exec_process_runs_in_the_container() {
     assert_eq!(out.stdout, "1000\nyes /home/app\n/tmp\n", "{out:?}");
     rt.delete_force(&id);
 }
+
+#[test]
+fn host_network_shares_the_hosts_interfaces() {
+    let rt = Runtime::new();
+    let mut req = ContainerRequest::default();
+    req.namespaces.network = NamespaceMode::Host;
+    let out = run(&rt, req, "ls /sys/class/net | sort").ok();
+    let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    host.sort();
+    let inside: Vec<&str> = out.stdout.lines().collect();
+    // interfaces may come and go meanwhile (other tests make veths): compare the stable ones
+    for name in host
+        .iter()
+        .filter(|n| *n == "lo" || n.starts_with("eth") || n.starts_with("en"))
+    {
+        assert!(inside.contains(&name.as_str()), "{name} missing: {out:?}");
+    }
+    let own = run(&rt, ContainerRequest::default(), "ls /sys/class/net").ok();
+    assert_eq!(own.stdout, "lo\n", "{own:?}");
+}
