@@ -188,6 +188,7 @@ impl CniExec {
         rt: &RuntimeConf,
         prev: Option<&Value>,
     ) -> Result<(), CniError> {
+        let cached_result = prev;
         // prevResult on DEL exists from CNI 0.4.0 on
         let prev = prev.filter(|_| list.version() >= (0, 4, 0));
         let mut first_err = None;
@@ -200,6 +201,11 @@ impl CniExec {
             if let Err(e) = self.invoke(Command::Del, list, plugin, rt, prev).await {
                 tracing::warn!(network = %list.name, id = %rt.container_id, "{e}");
                 first_err.get_or_insert(e);
+            }
+        }
+        if let (None, None, Some(raw)) = (&first_err, &rt.netns, cached_result) {
+            if let Ok(result) = serde_json::from_value::<CniResult>(raw.clone()) {
+                super::compat::bridge_masq_leftovers(list, &rt.container_id, &result).await;
             }
         }
         match first_err {

@@ -9,6 +9,7 @@
 //! PodSandboxStatus. [`CniExec`] runs any network on any interface (rnerd's named networks).
 
 pub mod cache;
+mod compat;
 pub mod config;
 pub mod default;
 pub mod dns;
