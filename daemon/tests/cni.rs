@@ -569,3 +569,79 @@ async fn config_dir_order_and_pod_cidr() {
     .to_string();
     assert!(err.contains("01-broken.conflist"), "{err}");
 }
+
+/// A plugin directory holding the real plugins' links plus `slow` (never answers) and `rude`
+/// (fails without a CNI error document), to check rcd's side of the protocol.
+fn odd_plugins(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, script) in [
+        ("slow", "#!/bin/sh\nexec sleep 30\n"),
+        ("rude", "#!/bin/sh\necho 'something broke' >&2\nexit 3\n"),
+        (
+            "typed",
+            "#!/bin/sh\necho '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"bad value\",\"details\":\"field x\"}'\nexit 1\n",
+        ),
+    ] {
+        let p = bin.join(name);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[tokio::test]
+async fn plugin_timeouts_and_errors_name_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = odd_plugins(dir.path());
+    let exec = cni::CniExec::new(
+        vec![bin, "/usr/lib/cni".into()],
+        &dir.path().join("state"),
+        Duration::from_millis(300),
+    );
+    let ns = NetNs::create(&dir.path().join("netns"), "odd").unwrap();
+    let rt = cni::RuntimeConf {
+        container_id: "odd".into(),
+        netns: Some(ns.path().to_path_buf()),
+        ifname: "eth0".into(),
+        ..Default::default()
+    };
+    let list = |ty: &str| {
+        cni::NetworkConfigList::from_conflist(
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"odd","plugins":[{{"type":"loopback"}},{{"type":"{ty}"}}]}}"#
+            )
+            .as_bytes(),
+            None,
+        )
+        .unwrap()
+    };
+    let started = Instant::now();
+    let err = exec.add(&list("slow"), &rt).await.unwrap_err();
+    assert!(matches!(err, CniError::PluginTimeout { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "network \"odd\": cni plugin \"slow\" timed out (ADD) after 300ms"
+    );
+    // one ADD and the cleanup's DEL, each cut at the timeout
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let err = exec.add(&list("rude"), &rt).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "network \"odd\": cni plugin \"rude\" failed (ADD): exit status: 3: something broke"
+    );
+    let err = exec.add(&list("typed"), &rt).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "network \"odd\": cni plugin \"typed\" failed (ADD, code 7): bad value: field x"
+    );
+    // nothing cached after failed ADDs
+    assert!(exec.cache.entries_of("odd").unwrap().is_empty());
+    ns.remove().unwrap();
+}
