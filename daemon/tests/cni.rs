@@ -14,14 +14,25 @@ use std::time::{Duration, Instant};
 /// One test's private network: bridge `rcdt<n>`, subnet 10.231.<n>.0/24, network `rcdtest-<n>`.
 struct TestNet {
     n: u8,
+    /// Also IPv6 from fd00:231:<n>::/64.
+    dual_stack: bool,
     dir: tempfile::TempDir,
     netns: Vec<PathBuf>,
 }
 
 impl TestNet {
     fn new(n: u8) -> TestNet {
+        Self::with(n, false)
+    }
+
+    fn dual_stack(n: u8) -> TestNet {
+        Self::with(n, true)
+    }
+
+    fn with(n: u8, dual_stack: bool) -> TestNet {
         let t = TestNet {
             n,
+            dual_stack,
             dir: tempfile::tempdir().unwrap(),
             netns: Vec::new(),
         };
@@ -40,6 +51,9 @@ impl TestNet {
     fn subnet_prefix(&self) -> String {
         format!("10.231.{}.", self.n)
     }
+    fn subnet6_prefix(&self) -> String {
+        format!("fd00:231:{}:", self.n)
+    }
     fn conf_dir(&self) -> PathBuf {
         self.dir.path().join("net.d")
     }
@@ -55,7 +69,14 @@ impl TestNet {
         BridgeNetwork {
             name: self.name(),
             bridge: self.bridge(),
-            subnets: vec![format!("10.231.{}.0/24", self.n)],
+            subnets: if self.dual_stack {
+                vec![
+                    format!("10.231.{}.0/24", self.n),
+                    format!("fd00:231:{}::/64", self.n),
+                ]
+            } else {
+                vec![format!("10.231.{}.0/24", self.n)]
+            },
             ipam_data_dir: Some(self.ipam_dir()),
         }
     }
@@ -103,7 +124,9 @@ impl TestNet {
             return Vec::new();
         };
         rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&self.subnet_prefix()))
+            .filter(|n| {
+                n.starts_with(&self.subnet_prefix()) || n.starts_with(&self.subnet6_prefix())
+            })
             .collect()
     }
 
@@ -121,17 +144,23 @@ impl TestNet {
     /// iptables rules (nat and filter) that mention this test's subnet or network.
     fn iptables_rules(&self) -> Vec<(String, String)> {
         let mut rules = Vec::new();
-        for table in ["nat", "filter"] {
-            let out = Command::new("iptables-save")
+        for (tool, table) in [
+            ("iptables", "nat"),
+            ("iptables", "filter"),
+            ("ip6tables", "nat"),
+            ("ip6tables", "filter"),
+        ] {
+            let out = Command::new(format!("{tool}-save"))
                 .args(["-t", table])
                 .output()
                 .unwrap();
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 if line.starts_with("-A ")
                     && (line.contains(&self.subnet_prefix())
+                        || line.contains(&self.subnet6_prefix())
                         || line.contains(&format!("name: \\\"{}\\\"", self.name())))
                 {
-                    rules.push((table.to_string(), line.to_string()));
+                    rules.push((format!("{tool} -t {table}"), line.to_string()));
                 }
             }
         }
@@ -164,7 +193,7 @@ impl TestNet {
             .args(["link", "del", &self.bridge()])
             .stderr(Stdio::null())
             .status();
-        for (table, rule) in self.iptables_rules() {
+        for (tool_table, rule) in self.iptables_rules() {
             let chain_target = rule
                 .split_whitespace()
                 .skip_while(|w| *w != "-j")
@@ -173,7 +202,7 @@ impl TestNet {
             // a chain's own rules may be gone with the chain already
             let _ = Command::new("sh")
                 .arg("-c")
-                .arg(format!("iptables -w -t {table} -D {}", &rule[3..]))
+                .arg(format!("{tool_table} -w -D {}", &rule[3..]))
                 .stderr(Stdio::null())
                 .status();
             if let Some(chain) = chain_target.filter(|c| {
@@ -182,12 +211,13 @@ impl TestNet {
                     && c != "CNI-FORWARD"
                     && c != "CNI-ADMIN"
             }) {
-                let _ = Command::new("iptables")
-                    .args(["-w", "-t", &table, "-F", &chain])
-                    .status();
-                let _ = Command::new("iptables")
-                    .args(["-w", "-t", &table, "-X", &chain])
-                    .status();
+                for op in ["-F", "-X"] {
+                    let _ = Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("{tool_table} -w {op} {chain}"))
+                        .stderr(Stdio::null())
+                        .status();
+                }
             }
         }
     }
@@ -326,23 +356,25 @@ fn netns_create_run_and_remove() {
 
 #[tokio::test]
 async fn two_pods_reach_each_other_and_del_removes_everything() {
-    let mut t = TestNet::new(1);
+    let mut t = TestNet::dual_stack(1);
     t.install_default();
     let cni = t.cni();
     cni.ready().unwrap();
     assert_eq!(cni.network().unwrap().name, t.name());
     let (ns_a, ns_b) = (t.netns("pod-a"), t.netns("pod-b"));
     let (req_a, req_b) = (t.request("pod-a", &ns_a), t.request("pod-b", &ns_b));
-    let a = cni.setup_pod(&req_a).await.unwrap();
-    let b = cni.setup_pod(&req_b).await.unwrap();
+    // both at once, as the CRI service may run them
+    let (a, b) = tokio::join!(cni.setup_pod(&req_a), cni.setup_pod(&req_b));
+    let (a, b) = (a.unwrap(), b.unwrap());
     for pod in [&a, &b] {
         assert_eq!(pod.network, t.name());
         assert_eq!(pod.ifname, "eth0");
-        assert_eq!(pod.ips.len(), 1, "{pod:?}");
+        assert_eq!(pod.ips.len(), 2, "{pod:?}");
         assert!(pod.ips[0].to_string().starts_with(&t.subnet_prefix()));
+        assert!(pod.ips[1].to_string().starts_with(&t.subnet6_prefix()));
     }
     assert_ne!(a.ips, b.ips);
-    assert_eq!(t.allocations().len(), 2);
+    assert_eq!(t.allocations().len(), 4);
     assert_eq!(t.bridge_ports().len(), 2);
 
     let ping = in_pod(
@@ -355,6 +387,20 @@ async fn two_pods_reach_each_other_and_del_removes_everything() {
             "-W",
             "3",
             &b.ips[0].to_string(),
+        ],
+    );
+    assert!(ping.status.success(), "{ping:?}");
+    let ping = in_pod(
+        &ns_b,
+        &[
+            "busybox",
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            &a.ips[1].to_string(),
         ],
     );
     assert!(ping.status.success(), "{ping:?}");
@@ -407,6 +453,10 @@ async fn host_port_reaches_a_server_in_the_pod() {
     // portmap sets route_localnet on the bridge and masquerades, so 127.0.0.1 works too
     let via_lo = http_get(&format!("127.0.0.1:{port}")).unwrap();
     assert_eq!(via_lo, "hello from the pod\n");
+    // hairpin: the pod reaches itself through its own host port
+    let addr = format!("{}:{port}", host_ip());
+    let hairpin = ns.run(move || http_get(&addr)).unwrap().unwrap();
+    assert_eq!(hairpin, "hello from the pod\n");
 
     cni.teardown_pod(&req).await.unwrap();
     t.assert_clean();
