@@ -434,12 +434,21 @@ async fn host_port_reaches_a_server_in_the_pod() {
     let ns = t.netns("web");
     let port = free_port();
     let mut req = t.request("web", &ns);
-    req.port_mappings = vec![PortMapping {
-        host_port: port,
-        container_port: 80,
-        protocol: "TCP".into(),
-        host_ip: String::new(),
-    }];
+    let lo_port = free_port();
+    req.port_mappings = vec![
+        PortMapping {
+            host_port: port,
+            container_port: 80,
+            protocol: "TCP".into(),
+            host_ip: String::new(),
+        },
+        PortMapping {
+            host_port: lo_port,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: "127.0.0.1".into(),
+        },
+    ];
     let pod = cni.setup_pod(&req).await.unwrap();
     let www = t.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -457,6 +466,12 @@ async fn host_port_reaches_a_server_in_the_pod() {
     let addr = format!("{}:{port}", host_ip());
     let hairpin = ns.run(move || http_get(&addr)).unwrap().unwrap();
     assert_eq!(hairpin, "hello from the pod\n");
+    // a mapping bound to one host address answers there only
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{lo_port}")).unwrap(),
+        "hello from the pod\n"
+    );
+    assert!(http_get(&format!("{}:{lo_port}", host_ip())).is_err());
 
     cni.teardown_pod(&req).await.unwrap();
     t.assert_clean();

@@ -149,9 +149,9 @@ impl CniExec {
     }
 
     /// DELs the container from the network, idempotently. The cached entry of this
-    /// (network, container, ifname), if any, provides the config that was ADDed, the previous
-    /// result and the runtime config when `rt` has none; without one, `list` and `rt` are
-    /// used as they are. Every plugin is run even if one fails (the first error is returned
+    /// (network, container, ifname), if any, provides what the ADD ran (config, `CNI_ARGS`,
+    /// runtime config) and its result as `prevResult`; only the namespace comes from `rt`.
+    /// Without one, `list` and `rt` are used as they are. Every plugin is run even if one fails (the first error is returned
     /// and the cache entry kept for a retry); plugins whose binary is gone are skipped.
     pub async fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
         validate(list, rt)?;
@@ -301,6 +301,7 @@ impl CniExec {
             command: cmd.as_str(),
             reason,
         };
+        let started = std::time::Instant::now();
         let mut child = tokio::process::Command::new(&binary)
             .env("CNI_COMMAND", cmd.as_str())
             .env("CNI_CONTAINERID", &rt.container_id)
@@ -333,6 +334,8 @@ impl CniExec {
                 })
             }
         };
+        tracing::debug!(network = %list.name, plugin = %plugin.plugin_type, command = cmd.as_str(),
+            id = %rt.container_id, elapsed = ?started.elapsed(), status = %output.status, "cni plugin");
         if !output.status.success() {
             if let Ok(err) = serde_json::from_slice::<Value>(&output.stdout) {
                 if let Some(msg) = err.get("msg").and_then(Value::as_str) {

@@ -109,7 +109,7 @@ pub struct PortMapping {
     /// `tcp`, `udp` or `sctp`.
     pub protocol: String,
     /// Empty: every host address.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
 }
 
@@ -491,5 +491,58 @@ impl Cni {
             capability_args: req.capability_args(),
         };
         self.exec.check(network, &rt).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: T) {}
+
+    /// The CRI service holds a `Cni` in an `Arc` and awaits it inside tonic handlers.
+    #[test]
+    fn usable_from_tonic_handlers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cni = Cni::load(CniOptions {
+            conf_dir: dir.path().join("none"),
+            state_dir: dir.path().join("state"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_send_sync(&cni);
+        let req = PodNetworkRequest::default();
+        assert_send(cni.setup_pod(&req));
+        assert_send(cni.teardown_pod(&req));
+        assert_send(cni.check_pod(&req));
+    }
+
+    #[test]
+    fn port_mappings_without_host_port_are_dropped_and_protocols_lowercased() {
+        let req = PodNetworkRequest {
+            port_mappings: vec![
+                PortMapping {
+                    host_port: 0,
+                    container_port: 80,
+                    protocol: "TCP".into(),
+                    host_ip: String::new(),
+                },
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "UDP".into(),
+                    host_ip: "127.0.0.1".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let caps = req.capability_args();
+        assert_eq!(
+            Value::Object(caps),
+            serde_json::json!({"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": "127.0.0.1"}
+            ]})
+        );
     }
 }
