@@ -643,6 +643,10 @@ fn odd_plugins(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).unwrap();
     for (name, script) in [
         ("slow", "#!/bin/sh\nexec sleep 30\n"),
+        (
+            "slow-add",
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then touch \"$0.started\"; exec sleep 30; fi\n",
+        ),
         ("rude", "#!/bin/sh\necho 'something broke' >&2\nexit 3\n"),
         (
             "typed",
@@ -709,4 +713,81 @@ async fn plugin_timeouts_and_errors_name_the_plugin() {
     // nothing cached after failed ADDs
     assert!(exec.cache.entries_of("odd").unwrap().is_empty());
     ns.remove().unwrap();
+}
+
+#[tokio::test]
+async fn del_after_a_crash_in_the_middle_of_add() {
+    let mut t = TestNet::new(7);
+    let bin = odd_plugins(t.dir.path());
+    let mut raw = t.network().render().unwrap().raw;
+    raw["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, serde_json::json!({"type": "slow-add"}));
+    t.install("10-slow.conflist", &serde_json::to_vec(&raw).unwrap());
+    let opts = CniOptions {
+        conf_dir: t.conf_dir(),
+        plugin_dirs: vec![bin, "/usr/lib/cni".into()],
+        state_dir: t.state_dir(),
+        plugin_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let started = opts.plugin_dirs[0].join("slow-add.started");
+    let ns = t.netns("midway");
+    let req = t.request("midway", &ns);
+    let cni = Cni::load(opts.clone()).unwrap();
+    // rcd "dies" while the second plugin runs: the bridge is set up, nothing undoes it
+    let setup = tokio::spawn(async move { cni.setup_pod(&req).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the second plugin never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    setup.abort();
+    assert!(setup.await.unwrap_err().is_cancelled());
+    assert_eq!(t.bridge_ports().len(), 1);
+    assert_eq!(t.allocations().len(), 1);
+    assert!(!t.cache_files().is_empty());
+
+    // the restarted rcd knows the pod id and the namespace path only
+    let restarted = Cni::load(opts).unwrap();
+    assert!(
+        restarted.pod_network("midway").unwrap().is_none(),
+        "no result yet"
+    );
+    let bare = PodNetworkRequest {
+        id: "midway".into(),
+        netns: Some(ns.path().to_path_buf()),
+        ..Default::default()
+    };
+    restarted.teardown_pod(&bare).await.unwrap();
+    t.assert_clean();
+}
+
+#[tokio::test]
+async fn del_after_the_masquerade_rules_were_flushed() {
+    let mut t = TestNet::dual_stack(8);
+    t.install_default();
+    let cni = t.cni();
+    let ns = t.netns("flushed");
+    let req = t.request("flushed", &ns);
+    cni.setup_pod(&req).await.unwrap();
+    // a firewall reload or `iptables -t nat -F` took the pod's IPv4 NAT rules away
+    for (tool_table, rule) in t.iptables_rules() {
+        if tool_table == "iptables -t nat" && rule.starts_with("-A POSTROUTING") {
+            let chain = rule.split_whitespace().last().unwrap().to_string();
+            let del = format!("{tool_table} -w -D {0} && {tool_table} -w -F {chain} && {tool_table} -w -X {chain}", &rule[3..]);
+            assert!(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(&del)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{del}"
+            );
+        }
+    }
+    cni.teardown_pod(&req).await.unwrap();
+    t.assert_clean();
 }

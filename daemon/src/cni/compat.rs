@@ -6,9 +6,30 @@
 //! POSTROUTING rule per pod behind. rcd still has the addresses in its cached result and
 //! removes the same rules the plugin would have: chain `CNI-<sha512(network+id)[..24]>`,
 //! comment `name: "<network>" id: "<id>"` (libcni's `FormatChainName`/`FormatComment`).
+//!
+//! The same plugin's DEL fails for good when its masquerade chain is already gone (an
+//! `iptables -F`, a firewall reload, an ADD cut short): iptables-nft words the error
+//! "Chain '…' does not exist", which the plugin's go-iptables does not take for "absent".
+//! Tearing down masquerading is the last step of its DEL (addresses and veth are gone by
+//! then), so rcd takes that error as done and removes any remaining rules itself.
+
+/// A DEL error of `bridge` that only says its masquerade chain is already gone.
+pub(crate) fn masq_already_gone(plugin_type: &str, err: &CniError) -> bool {
+    match err {
+        CniError::Plugin { msg, command, .. } => {
+            plugin_type == "bridge"
+                && *command == "DEL"
+                && msg.contains("POSTROUTING")
+                && msg.contains("Chain 'CNI-")
+                && msg.contains("does not exist")
+        }
+        _ => false,
+    }
+}
 
 use super::config::NetworkConfigList;
 use super::result::CniResult;
+use super::CniError;
 use sha2::{Digest, Sha512};
 
 /// libcni's per-container chain name.
@@ -94,6 +115,32 @@ async fn run(tool: &str, args: &[&str]) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_masquerade_chain_is_benign() {
+        let err = |plugin: &str, command: &'static str, msg: &str| CniError::Plugin {
+            network: "n".into(),
+            plugin: plugin.into(),
+            command,
+            code: 999,
+            msg: msg.into(),
+            details: String::new(),
+        };
+        // seen from bridge 1.1.1 with iptables-nft 1.8.9
+        let gone = "running [/usr/sbin/iptables -t nat -D POSTROUTING -s 10.231.8.2 -j \
+            CNI-defc38b8515d993f5c130a09 -m comment --comment name: \"n\" id: \"x\" --wait]: \
+            exit status 2: iptables v1.8.9 (nf_tables): Chain 'CNI-defc38b8515d993f5c130a09' \
+            does not exist";
+        assert!(masq_already_gone("bridge", &err("bridge", "DEL", gone)));
+        assert!(!masq_already_gone("portmap", &err("portmap", "DEL", gone)));
+        assert!(!masq_already_gone("bridge", &err("bridge", "ADD", gone)));
+        assert!(!masq_already_gone(
+            "bridge",
+            &err("bridge", "DEL", "failed to delete veth: device busy")
+        ));
+    }
+
     #[test]
     fn chain_names_match_libcni() {
         // seen on this host: bridge 1.1.1's chain for network rcdtest-3, container "crashed"

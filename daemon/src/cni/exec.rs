@@ -192,18 +192,28 @@ impl CniExec {
         // prevResult on DEL exists from CNI 0.4.0 on
         let prev = prev.filter(|_| list.version() >= (0, 4, 0));
         let mut first_err = None;
+        let mut masq_leftovers = false;
         for plugin in list.plugins.iter().rev() {
             if self.find_plugin(&plugin.plugin_type).is_none() {
                 tracing::warn!(network = %list.name, plugin = %plugin.plugin_type,
                     "cni del: plugin not found, skipped");
                 continue;
             }
-            if let Err(e) = self.invoke(Command::Del, list, plugin, rt, prev).await {
-                tracing::warn!(network = %list.name, id = %rt.container_id, "{e}");
-                first_err.get_or_insert(e);
+            match self.invoke(Command::Del, list, plugin, rt, prev).await {
+                Ok(_) => {}
+                Err(e) if super::compat::masq_already_gone(&plugin.plugin_type, &e) => {
+                    tracing::debug!(network = %list.name, id = %rt.container_id,
+                        "bridge's masquerade chain was already gone: {e}");
+                    masq_leftovers = true;
+                }
+                Err(e) => {
+                    tracing::warn!(network = %list.name, id = %rt.container_id, "{e}");
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        if let (None, None, Some(raw)) = (&first_err, &rt.netns, cached_result) {
+        masq_leftovers |= rt.netns.is_none();
+        if let (None, true, Some(raw)) = (&first_err, masq_leftovers, cached_result) {
             if let Ok(result) = serde_json::from_value::<CniResult>(raw.clone()) {
                 super::compat::bridge_masq_leftovers(list, &rt.container_id, &result).await;
             }
