@@ -791,3 +791,28 @@ async fn del_after_the_masquerade_rules_were_flushed() {
     cni.teardown_pod(&req).await.unwrap();
     t.assert_clean();
 }
+
+#[tokio::test]
+async fn check_finds_a_broken_pod_and_del_still_cleans_up() {
+    let mut t = TestNet::new(9);
+    t.install_default();
+    let cni = t.cni();
+    let ns = t.netns("broken-ip");
+    let req = t.request("broken-ip", &ns);
+    cni.setup_pod(&req).await.unwrap();
+    cni.check_pod(&req).await.unwrap();
+    // something in the pod removed its address
+    let flush = in_pod(&ns, &["ip", "addr", "flush", "dev", "eth0"]);
+    assert!(flush.status.success(), "{flush:?}");
+    let err = cni.check_pod(&req).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "network \"{}\": cni plugin \"bridge\" failed (CHECK",
+            t.name()
+        )),
+        "{err}"
+    );
+    // bridge finds no address to unmasquerade; rcd removes the rules from its cache
+    cni.teardown_pod(&req).await.unwrap();
+    t.assert_clean();
+}

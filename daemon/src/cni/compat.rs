@@ -45,10 +45,7 @@ pub(crate) async fn bridge_masq_leftovers(
     container_id: &str,
     result: &CniResult,
 ) {
-    let masq = list.plugins.iter().any(|p| {
-        p.plugin_type == "bridge" && p.config.get("ipMasq").and_then(|v| v.as_bool()) == Some(true)
-    });
-    if !masq {
+    if !masquerades(list) {
         return;
     }
     let chain = chain_name(&list.name, container_id);
@@ -88,6 +85,53 @@ pub(crate) async fn bridge_masq_leftovers(
         run(tool, &["-t", "nat", "-F", &chain]).await;
         run(tool, &["-t", "nat", "-X", &chain]).await;
     }
+}
+
+/// After a DEL of a masquerading `bridge`: if its per-container chain is still there (the
+/// plugin could not find the addresses), removes its rules for the cached addresses. One
+/// `iptables -S` per address family when all is well.
+pub(crate) async fn bridge_masq_check(
+    list: &NetworkConfigList,
+    container_id: &str,
+    result: &CniResult,
+) {
+    if !masquerades(list) {
+        return;
+    }
+    let chain = chain_name(&list.name, container_id);
+    let mut left = false;
+    for v6 in [false, true] {
+        if !result
+            .ips
+            .iter()
+            .filter_map(|i| i.ip())
+            .any(|ip| ip.is_ipv6() == v6)
+        {
+            continue;
+        }
+        let tool = if v6 { "ip6tables" } else { "iptables" };
+        let exists = tokio::process::Command::new(tool)
+            .args(["-w", "-t", "nat", "-S", &chain])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        left |= exists;
+    }
+    if left {
+        tracing::debug!(network = %list.name, id = %container_id, %chain,
+            "bridge left its masquerade chain, removing it");
+        bridge_masq_leftovers(list, container_id, result).await;
+    }
+}
+
+fn masquerades(list: &NetworkConfigList) -> bool {
+    list.plugins.iter().any(|p| {
+        p.plugin_type == "bridge" && p.config.get("ipMasq").and_then(|v| v.as_bool()) == Some(true)
+    })
 }
 
 async fn run(tool: &str, args: &[&str]) {

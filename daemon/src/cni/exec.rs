@@ -192,7 +192,6 @@ impl CniExec {
         // prevResult on DEL exists from CNI 0.4.0 on
         let prev = prev.filter(|_| list.version() >= (0, 4, 0));
         let mut first_err = None;
-        let mut masq_leftovers = false;
         for plugin in list.plugins.iter().rev() {
             if self.find_plugin(&plugin.plugin_type).is_none() {
                 tracing::warn!(network = %list.name, plugin = %plugin.plugin_type,
@@ -204,7 +203,6 @@ impl CniExec {
                 Err(e) if super::compat::masq_already_gone(&plugin.plugin_type, &e) => {
                     tracing::debug!(network = %list.name, id = %rt.container_id,
                         "bridge's masquerade chain was already gone: {e}");
-                    masq_leftovers = true;
                 }
                 Err(e) => {
                     tracing::warn!(network = %list.name, id = %rt.container_id, "{e}");
@@ -212,10 +210,11 @@ impl CniExec {
                 }
             }
         }
-        masq_leftovers |= rt.netns.is_none();
-        if let (None, true, Some(raw)) = (&first_err, masq_leftovers, cached_result) {
+        // the plugin finds the addresses to unmasquerade in the namespace; whenever it could
+        // not (namespace or addresses gone, chain flushed), rcd has them in the cache
+        if let (None, Some(raw)) = (&first_err, cached_result) {
             if let Ok(result) = serde_json::from_value::<CniResult>(raw.clone()) {
-                super::compat::bridge_masq_leftovers(list, &rt.container_id, &result).await;
+                super::compat::bridge_masq_check(list, &rt.container_id, &result).await;
             }
         }
         match first_err {
