@@ -268,12 +268,22 @@ fn host_ip() -> IpAddr {
     cidr.split('/').next().unwrap().parse().unwrap()
 }
 
+/// A port nothing listens on, never handed out twice in this process (two tests mapping
+/// the same host port would steal each other's traffic).
 fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// busybox httpd serving `dir` on port 80 inside the pod; killed on drop.

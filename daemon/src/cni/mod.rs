@@ -7,6 +7,21 @@
 //! `lo`, then the configured network on `eth0`), [`Cni::teardown_pod`] on StopPodSandbox
 //! (idempotent, also after a crash or with the namespace gone), [`Cni::pod_network`] for
 //! PodSandboxStatus. [`CniExec`] runs any network on any interface (rnerd's named networks).
+//!
+//! The CRI service's flow (text, not compiled):
+//!
+//! ```text
+//! RunPodSandbox:   ns = NetNs::create(&state.join("netns"), &id)?;            // blocking, ~1 ms
+//!                  net = cni.setup_pod(&PodNetworkRequest { id, netns: Some(ns.path()),
+//!                        args: PodNetworkRequest::k8s_args(&id, ns_name, name, uid),
+//!                        port_mappings, ..}).await  (on error: ns.remove())
+//!                  dns::write_pod_files(&pod_dir, &PodFilesRequest { hostname, ips: net.ips,
+//!                        dns: Some(dns_config), host_resolv_conf: None })
+//! StopPodSandbox:  cni.teardown_pod(&req).await?; netns::remove(&path)?      // both idempotent
+//! PodSandboxStatus: cni.pod_network(&id)?.map(|n| n.ips)
+//! Status:          cni.ready() → NetworkReady (false with the error as message)
+//! UpdateRuntimeConfig: cni.set_pod_cidr(&pod_cidr)?
+//! ```
 
 pub mod cache;
 mod compat;
