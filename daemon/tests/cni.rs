@@ -826,3 +826,46 @@ async fn check_finds_a_broken_pod_and_del_still_cleans_up() {
     cni.teardown_pod(&req).await.unwrap();
     t.assert_clean();
 }
+
+#[tokio::test]
+async fn bandwidth_limits_reach_the_bandwidth_plugin() {
+    let mut t = TestNet::new(10);
+    let mut raw = t.network().render().unwrap().raw;
+    raw["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    t.install("10-bw.conflist", &serde_json::to_vec(&raw).unwrap());
+    let cni = t.cni();
+    let ns = t.netns("limited");
+    let mut req = t.request("limited", &ns);
+    req.bandwidth = Some(cni::Bandwidth {
+        ingress_rate: 1_000_000,
+        ingress_burst: 1_000_000,
+        egress_rate: 2_000_000,
+        egress_burst: 1_000_000,
+    });
+    let pod = cni.setup_pod(&req).await.unwrap();
+    let host_veth = pod
+        .result
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_empty() && i.name != t.bridge())
+        .expect("the host side of the veth")
+        .name
+        .clone();
+    let tc = Command::new("tc")
+        .args(["qdisc", "show", "dev", &host_veth])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(tc.contains("tbf"), "no token bucket on {host_veth}: {tc}");
+    cni.teardown_pod(&req).await.unwrap();
+    t.assert_clean();
+    let ifb = Command::new("ip")
+        .args(["-o", "link", "show", "type", "ifb"])
+        .output()
+        .unwrap();
+    let ifb = String::from_utf8_lossy(&ifb.stdout);
+    assert!(!ifb.contains("bwp"), "the egress ifb stays: {ifb}");
+}
