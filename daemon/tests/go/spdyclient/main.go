@@ -1,0 +1,263 @@
+// spdyclient is the independent peer of rcd's streaming tests: a Kubernetes-style SPDY/3.1
+// exec/attach/port-forward client built on moby/spdystream (the SPDY stack under kubelet,
+// kubectl and crictl), driven by a small script of actions.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/moby/spdystream"
+)
+
+var (
+	rawURL  = flag.String("url", "", "streaming URL")
+	proto   = flag.String("proto", "v4.channel.k8s.io", "X-Stream-Protocol-Version (comma list)")
+	mode    = flag.String("mode", "exec", "exec | portforward")
+	stdin   = flag.Bool("stdin", false, "open a stdin stream")
+	stdout  = flag.Bool("stdout", true, "open a stdout stream")
+	stderr  = flag.Bool("stderr", false, "open a stderr stream")
+	tty     = flag.Bool("tty", false, "open a resize stream")
+	status  = flag.String("status", "", "file for what arrives on the error stream")
+	script  = flag.String("do", "", "actions separated by ';': in:TEXT, eof, resize:WxH, sleep:MS, await:TEXT, hangup")
+	port    = flag.Int("port", 0, "port to forward")
+	conns   = flag.Int("conns", 1, "forwarded connections, opened at once")
+	payload = flag.String("payload", "hello", "what each forwarded connection sends")
+	noReqID = flag.Bool("no-requestid", false, "open port-forward streams without requestid (old clients)")
+)
+
+// bufConn reads through the buffered reader that parsed the HTTP response.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func die(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "spdyclient: "+format+"\n", args...)
+	os.Exit(2)
+}
+
+func upgrade() (net.Conn, *spdystream.Connection) {
+	u, err := url.Parse(*rawURL)
+	if err != nil {
+		die("bad url: %v", err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		die("dial: %v", err)
+	}
+	req, _ := http.NewRequest("POST", u.String(), nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "SPDY/3.1")
+	for _, p := range strings.Split(*proto, ",") {
+		if p != "" {
+			req.Header.Add("X-Stream-Protocol-Version", p)
+		}
+	}
+	if err := req.Write(conn); err != nil {
+		die("write request: %v", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		die("read response: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Printf("HTTP %d %s", resp.StatusCode, body)
+		os.Exit(4)
+	}
+	fmt.Fprintf(os.Stderr, "negotiated %s\n", resp.Header.Get("X-Stream-Protocol-Version"))
+	c, err := spdystream.NewConnection(&bufConn{conn, br}, false)
+	if err != nil {
+		die("spdy: %v", err)
+	}
+	go c.Serve(spdystream.NoOpStreamHandler)
+	return conn, c
+}
+
+func open(c *spdystream.Connection, h http.Header) *spdystream.Stream {
+	s, err := c.CreateStream(h, nil, false)
+	if err != nil {
+		die("create stream %v: %v", h, err)
+	}
+	if err := s.WaitTimeout(10 * time.Second); err != nil {
+		die("stream %v not accepted: %v", h, err)
+	}
+	return s
+}
+
+func unescape(s string) string {
+	return strings.NewReplacer(`\n`, "\n", `\t`, "\t", `\x04`, "\x04").Replace(s)
+}
+
+type watched struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	cond *sync.Cond
+	done bool
+}
+
+func (w *watched) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.buf.Write(p)
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	return os.Stdout.Write(p)
+}
+
+func (w *watched) await(text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for !strings.Contains(w.buf.String(), text) && !w.done {
+		w.cond.Wait()
+	}
+}
+
+func execMode() {
+	conn, c := upgrade()
+	h := func(t string) http.Header { return http.Header{"streamtype": {t}} }
+	errStream := open(c, h("error"))
+	var in, out, errOut, resize *spdystream.Stream
+	if *stdin {
+		in = open(c, h("stdin"))
+	}
+	if *stdout {
+		out = open(c, h("stdout"))
+	}
+	if *stderr {
+		errOut = open(c, h("stderr"))
+	}
+	if *tty {
+		resize = open(c, h("resize"))
+	}
+	w := &watched{}
+	w.cond = sync.NewCond(&w.mu)
+	var wg sync.WaitGroup
+	if out != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.Copy(w, out)
+			w.mu.Lock()
+			w.done = true
+			w.cond.Broadcast()
+			w.mu.Unlock()
+		}()
+	}
+	if errOut != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); io.Copy(os.Stderr, errOut) }()
+	}
+	go func() {
+		for _, a := range strings.Split(*script, ";") {
+			if a == "" {
+				continue
+			}
+			verb, arg, _ := strings.Cut(a, ":")
+			switch verb {
+			case "in":
+				if _, err := in.Write([]byte(unescape(arg))); err != nil {
+					die("stdin write: %v", err)
+				}
+			case "big":
+				n, _ := strconv.Atoi(arg)
+				chunk := bytes.Repeat([]byte("x"), 4096)
+				for sent := 0; sent < n; sent += len(chunk) {
+					if _, err := in.Write(chunk); err != nil {
+						die("stdin write: %v", err)
+					}
+				}
+			case "eof":
+				in.Close()
+			case "resize":
+				wh := strings.Split(arg, "x")
+				wd, _ := strconv.Atoi(wh[0])
+				ht, _ := strconv.Atoi(wh[1])
+				b, _ := json.Marshal(map[string]int{"Width": wd, "Height": ht})
+				resize.Write(b)
+			case "sleep":
+				ms, _ := strconv.Atoi(arg)
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+			case "await":
+				w.await(unescape(arg))
+			case "hangup":
+				conn.Close()
+				os.Exit(3)
+			default:
+				die("unknown action %q", a)
+			}
+		}
+	}()
+	msg, err := io.ReadAll(errStream)
+	if err != nil {
+		die("error stream: %v", err)
+	}
+	wg.Wait()
+	if *status != "" {
+		os.WriteFile(*status, msg, 0o644)
+	}
+	c.Close()
+	conn.Close()
+}
+
+func portForwardMode() {
+	conn, c := upgrade()
+	var wg sync.WaitGroup
+	results := make([]string, *conns)
+	for i := 0; i < *conns; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			h := http.Header{"streamtype": {"error"}, "port": {strconv.Itoa(*port)}}
+			if !*noReqID {
+				h.Set("requestid", strconv.Itoa(i))
+			}
+			errStream := open(c, h)
+			errStream.Close()
+			h2 := http.Header{"port": {strconv.Itoa(*port)}, "streamtype": {"data"}}
+			if !*noReqID {
+				h2.Set("requestid", strconv.Itoa(i))
+			}
+			data := open(c, h2)
+			errc := make(chan string, 1)
+			go func() { b, _ := io.ReadAll(errStream); errc <- string(b) }()
+			data.Write([]byte(fmt.Sprintf("%s %d\n", unescape(*payload), i)))
+			data.Close()
+			got, _ := io.ReadAll(data)
+			results[i] = fmt.Sprintf("%d:%q:%q", i, got, <-errc)
+		}(i)
+	}
+	wg.Wait()
+	for _, r := range results {
+		fmt.Println(r)
+	}
+	c.Close()
+	conn.Close()
+}
+
+func main() {
+	flag.Parse()
+	switch *mode {
+	case "exec":
+		execMode()
+	case "portforward":
+		portForwardMode()
+	default:
+		die("unknown mode %q", *mode)
+	}
+}
