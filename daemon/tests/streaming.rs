@@ -500,8 +500,9 @@ async fn spdy_exec_splits_stdin_stdout_stderr_and_reports_success() {
         url.starts_with(&format!("http://{}/exec/", srv.local_addr())),
         "{url}"
     );
-    let r = go(&url, &["-stdin", "-stderr", "-do", r"in:hi\n;eof"]).await;
+    let r = go(&url, &["-stdin", "-stderr", "-do", r"ping;in:hi\n;eof"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("ping answered"), "{}", r.stderr);
     assert!(
         r.stderr.contains("negotiated v4.channel.k8s.io"),
         "{}",
@@ -784,6 +785,45 @@ async fn many_sessions_run_at_once() {
         assert_eq!(r.stdout, format!("session {i}\n"), "{}", r.stderr);
         assert_eq!(r.status, r#"{"metadata":{},"status":"Success"}"#);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_port_forward_tunnelled_through_websocket() {
+    // client-go's websocket port-forward dialer (crictl port-forward --transport websocket)
+    let (srv, _) = server().await;
+    let (port, echo) = echo_server().await;
+    let url = srv
+        .port_forward_url(PortForwardRequest {
+            pod_sandbox_id: "pod1".into(),
+            ports: vec![],
+        })
+        .unwrap();
+    let r = go(
+        &url,
+        &[
+            "-mode",
+            "portforward",
+            "-transport",
+            "websocket",
+            "-port",
+            &port.to_string(),
+            "-conns",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("negotiated SPDY/3.1+portforward.k8s.io"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stdout,
+        "0:\"hello 0\\n\":\"\"\n1:\"hello 1\\n\":\"\"\n2:\"hello 2\\n\":\"\"\n"
+    );
+    echo.abort();
+    srv.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------

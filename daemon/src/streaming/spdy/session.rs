@@ -689,3 +689,219 @@ async fn dispatch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    /// The client end of a session, speaking raw frames.
+    struct Peer {
+        r: ReadHalf<DuplexStream>,
+        w: WriteHalf<DuplexStream>,
+        enc: HeaderEncoder,
+        dec: HeaderDecoder,
+    }
+
+    impl Peer {
+        async fn send(&mut self, f: Frame) {
+            let mut buf = Vec::new();
+            frame::encode_frame(&f, &mut self.enc, &mut buf);
+            self.w.write_all(&buf).await.unwrap();
+        }
+
+        async fn next(&mut self, within: Duration) -> Option<Frame> {
+            tokio::time::timeout(within, frame::read_frame(&mut self.r, &mut self.dec))
+                .await
+                .ok()
+                .map(|f| f.unwrap().expect("the session closed the connection"))
+        }
+
+        async fn open(&mut self, id: u32, kind: &str) {
+            self.send(Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), kind.into())],
+            })
+            .await;
+        }
+
+        /// Data bytes of `id` until nothing arrives for `quiet`.
+        async fn data_until_quiet(&mut self, id: u32, quiet: Duration) -> usize {
+            let mut n = 0;
+            while let Some(f) = self.next(quiet).await {
+                if let Frame::Data {
+                    stream_id, data, ..
+                } = f
+                {
+                    assert_eq!(stream_id, id);
+                    n += data.len();
+                }
+            }
+            n
+        }
+    }
+
+    fn pair() -> (Session, Peer) {
+        let (server, client) = tokio::io::duplex(4 << 20);
+        let (r, w) = tokio::io::split(client);
+        (
+            Session::start(server),
+            Peer {
+                r,
+                w,
+                enc: HeaderEncoder::new(),
+                dec: HeaderDecoder::new(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn senders_stay_inside_the_windows_of_a_flow_controlling_peer() {
+        let (mut session, mut peer) = pair();
+        peer.send(Frame::Settings {
+            flags: 0,
+            entries: vec![(0, frame::SETTINGS_INITIAL_WINDOW_SIZE, 65536)],
+        })
+        .await;
+        peer.open(1, "stdout").await;
+        let incoming = session.accept().await.unwrap();
+        assert_eq!(incoming.header("StreamType"), Some("stdout"));
+        let stream = incoming.accept();
+        let sender = tokio::spawn(async move { stream.send(&vec![7u8; 150_000]).await });
+        assert!(matches!(
+            peer.next(Duration::from_secs(5)).await,
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
+        // exactly one window, then silence well past the grace a silent peer would get
+        let quiet = FLOW_CONTROL_GRACE + Duration::from_millis(300);
+        assert_eq!(peer.data_until_quiet(1, quiet).await, 65536);
+        // a stream update alone is not enough: the session window is spent too
+        peer.send(Frame::WindowUpdate {
+            stream_id: 1,
+            delta: 100_000,
+        })
+        .await;
+        assert_eq!(
+            peer.data_until_quiet(1, Duration::from_millis(300)).await,
+            0
+        );
+        peer.send(Frame::WindowUpdate {
+            stream_id: 0,
+            delta: 30_000,
+        })
+        .await;
+        assert_eq!(
+            peer.data_until_quiet(1, Duration::from_millis(300)).await,
+            30_000
+        );
+        peer.send(Frame::WindowUpdate {
+            stream_id: 0,
+            delta: 1 << 20,
+        })
+        .await;
+        assert_eq!(
+            peer.data_until_quiet(1, Duration::from_millis(300)).await,
+            150_000 - 95_536
+        );
+        sender.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_flow_control_is_served_after_the_grace() {
+        let (mut session, mut peer) = pair();
+        peer.open(1, "stdout").await;
+        let stream = session.accept().await.unwrap().accept();
+        let t = Instant::now();
+        let sender = tokio::spawn(async move { stream.send(&vec![1u8; 200_000]).await });
+        let got = peer
+            .data_until_quiet(1, FLOW_CONTROL_GRACE + Duration::from_millis(500))
+            .await;
+        assert_eq!(got, 200_000);
+        sender.await.unwrap().unwrap();
+        assert!(t.elapsed() >= FLOW_CONTROL_GRACE);
+    }
+
+    #[tokio::test]
+    async fn consumed_data_is_acknowledged_with_window_updates() {
+        let (mut session, mut peer) = pair();
+        peer.open(1, "stdin").await;
+        let stream = session.accept().await.unwrap().accept();
+        for _ in 0..5 {
+            peer.send(Frame::Data {
+                stream_id: 1,
+                fin: false,
+                data: Bytes::from(vec![0u8; 10_000]),
+            })
+            .await;
+        }
+        let mut total = 0;
+        while total < 50_000 {
+            total += stream.recv().await.unwrap().unwrap().len();
+        }
+        let mut stream_update = 0;
+        let mut session_update = 0;
+        while let Some(f) = peer.next(Duration::from_millis(300)).await {
+            if let Frame::WindowUpdate { stream_id, delta } = f {
+                if stream_id == 0 {
+                    session_update += delta;
+                } else {
+                    stream_update += delta;
+                }
+            }
+        }
+        assert_eq!(stream_update, 40_000, "acknowledged in 32 KiB steps");
+        peer.send(Frame::Data {
+            stream_id: 1,
+            fin: true,
+            data: Bytes::new(),
+        })
+        .await;
+        assert_eq!(stream.recv().await.unwrap(), None);
+        assert_eq!(session_update, 40_000);
+    }
+
+    #[tokio::test]
+    async fn pings_are_echoed_and_resets_end_streams() {
+        let (mut session, mut peer) = pair();
+        peer.send(Frame::Ping { id: 5 }).await;
+        peer.send(Frame::Ping { id: 6 }).await;
+        assert_eq!(
+            peer.next(Duration::from_secs(5)).await,
+            Some(Frame::Ping { id: 5 })
+        );
+        peer.open(1, "stdin").await;
+        let stream = session.accept().await.unwrap().accept();
+        peer.send(Frame::RstStream {
+            stream_id: 1,
+            status: frame::RST_CANCEL,
+        })
+        .await;
+        let err = stream.recv().await.unwrap_err();
+        assert_eq!(err.to_string(), "spdy stream 1 was reset");
+        let err = stream.send(b"x").await.unwrap_err();
+        assert_eq!(err.to_string(), "spdy stream 1 was reset");
+    }
+
+    #[tokio::test]
+    async fn a_stream_id_out_of_order_ends_the_session() {
+        let (mut session, mut peer) = pair();
+        peer.open(3, "stdin").await;
+        let _ = session.accept().await.unwrap();
+        peer.open(1, "stdout").await;
+        let mut got_goaway = false;
+        while let Some(f) = peer.next(Duration::from_secs(2)).await {
+            if let Frame::GoAway { status, .. } = f {
+                assert_eq!(status, frame::GOAWAY_PROTOCOL_ERROR);
+                got_goaway = true;
+                break;
+            }
+        }
+        assert!(got_goaway);
+        assert!(session.accept().await.is_none());
+        assert!(*session.lost().borrow());
+    }
+}

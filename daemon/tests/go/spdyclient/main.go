@@ -19,24 +19,90 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/moby/spdystream"
 )
 
 var (
-	rawURL  = flag.String("url", "", "streaming URL")
-	proto   = flag.String("proto", "v4.channel.k8s.io", "X-Stream-Protocol-Version (comma list)")
-	mode    = flag.String("mode", "exec", "exec | portforward")
-	stdin   = flag.Bool("stdin", false, "open a stdin stream")
-	stdout  = flag.Bool("stdout", true, "open a stdout stream")
-	stderr  = flag.Bool("stderr", false, "open a stderr stream")
-	tty     = flag.Bool("tty", false, "open a resize stream")
-	status  = flag.String("status", "", "file for what arrives on the error stream")
-	script  = flag.String("do", "", "actions separated by ';': in:TEXT, eof, resize:WxH, sleep:MS, await:TEXT, hangup")
-	port    = flag.Int("port", 0, "port to forward")
-	conns   = flag.Int("conns", 1, "forwarded connections, opened at once")
-	payload = flag.String("payload", "hello", "what each forwarded connection sends")
-	noReqID = flag.Bool("no-requestid", false, "open port-forward streams without requestid (old clients)")
+	rawURL    = flag.String("url", "", "streaming URL")
+	proto     = flag.String("proto", "v4.channel.k8s.io", "X-Stream-Protocol-Version (comma list)")
+	mode      = flag.String("mode", "exec", "exec | portforward")
+	stdin     = flag.Bool("stdin", false, "open a stdin stream")
+	stdout    = flag.Bool("stdout", true, "open a stdout stream")
+	stderr    = flag.Bool("stderr", false, "open a stderr stream")
+	tty       = flag.Bool("tty", false, "open a resize stream")
+	status    = flag.String("status", "", "file for what arrives on the error stream")
+	script    = flag.String("do", "", "actions separated by ';': in:TEXT, eof, resize:WxH, sleep:MS, await:TEXT, hangup")
+	port      = flag.Int("port", 0, "port to forward")
+	conns     = flag.Int("conns", 1, "forwarded connections, opened at once")
+	payload   = flag.String("payload", "hello", "what each forwarded connection sends")
+	noReqID   = flag.Bool("no-requestid", false, "open port-forward streams without requestid (old clients)")
+	transport = flag.String("transport", "spdy", "spdy | websocket (SPDY tunnelled in binary messages, as client-go's websocket port-forward dialer does)")
 )
+
+// wsConn carries a byte stream in binary WebSocket messages.
+type wsConn struct {
+	*websocket.Conn
+	r io.Reader
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			t, r, err := c.Conn.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if t != websocket.BinaryMessage {
+				continue
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.Conn.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	c.Conn.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func tunnel() (net.Conn, *spdystream.Connection) {
+	u := strings.Replace(*rawURL, "http://", "ws://", 1)
+	d := websocket.Dialer{Subprotocols: []string{"SPDY/3.1+portforward.k8s.io"}}
+	ws, resp, err := d.Dial(u, nil)
+	if err != nil {
+		if resp != nil {
+			body, _ := io.ReadAll(resp.Body)
+			fmt.Printf("HTTP %d %s", resp.StatusCode, body)
+			os.Exit(4)
+		}
+		die("websocket dial: %v", err)
+	}
+	fmt.Fprintf(os.Stderr, "negotiated %s\n", ws.Subprotocol())
+	conn := &wsConn{Conn: ws}
+	c, err := spdystream.NewConnection(conn, false)
+	if err != nil {
+		die("spdy: %v", err)
+	}
+	go c.Serve(spdystream.NoOpStreamHandler)
+	return conn, c
+}
 
 // bufConn reads through the buffered reader that parsed the HTTP response.
 type bufConn struct {
@@ -195,6 +261,11 @@ func execMode() {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 			case "await":
 				w.await(unescape(arg))
+			case "ping":
+				if _, err := c.Ping(); err != nil {
+					die("ping: %v", err)
+				}
+				fmt.Fprintf(os.Stderr, "ping answered\n")
 			case "hangup":
 				conn.Close()
 				os.Exit(3)
@@ -216,7 +287,19 @@ func execMode() {
 }
 
 func portForwardMode() {
-	conn, c := upgrade()
+	var (
+		nc net.Conn
+		sc *spdystream.Connection
+	)
+	if *transport == "websocket" {
+		nc, sc = tunnel()
+	} else {
+		nc, sc = upgrade()
+	}
+	forward(nc, sc)
+}
+
+func forward(conn net.Conn, c *spdystream.Connection) {
 	var wg sync.WaitGroup
 	results := make([]string, *conns)
 	for i := 0; i < *conns; i++ {
