@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Default)]
 struct HostRuntime {
+    /// Processes started without a tty.
+    started: AtomicUsize,
     /// Processes killed because the client went away.
     killed: AtomicUsize,
     /// The "container" attach connects to: a line echoer started on first use.
@@ -78,6 +80,7 @@ impl HostRuntime {
         let mut child = cmd
             .spawn()
             .map_err(|e| RuntimeError(format!("cannot start {argv:?}: {e}")))?;
+        self.started.fetch_add(1, Ordering::SeqCst);
         let stdin_task = match (s.stdin, child.stdin.take()) {
             (Some(mut from), Some(mut to)) => Some(tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut from, &mut to).await;
@@ -770,6 +773,55 @@ async fn a_client_leaving_mid_exec_kills_the_process_and_the_server_keeps_servin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_the_server_down_cancels_running_sessions() {
+    let (srv, rt) = server().await;
+    let url = srv
+        .exec_url(exec(&["sh", "-c", "echo started; sleep 30"]))
+        .unwrap();
+    let client = tokio::spawn(async move { go(&url, &["-do", "await:started"]).await });
+    let t = Instant::now();
+    while rt.started.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = srv.local_addr();
+    srv.shutdown().await;
+    let r = client.await.unwrap();
+    assert_eq!(rt.killed.load(Ordering::SeqCst), 1, "{}", r.stderr);
+    assert!(r.status.contains("InternalError"), "{}", r.status);
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+/// Throughput of one SPDY exec's stdout (run with --ignored --nocapture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn spdy_stdout_throughput() {
+    let (srv, _) = server().await;
+    let mib: usize = std::env::var("STREAM_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let url = srv
+        .exec_url(exec(&["sh", "-c", &format!("head -c {}M /dev/zero", mib)]))
+        .unwrap();
+    let t = Instant::now();
+    let r = go(&url, &[]).await;
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(r.stdout.len(), mib << 20);
+    eprintln!(
+        "{mib} MiB stdout in {secs:.2} s: {:.0} MiB/s",
+        mib as f64 / secs
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sessions_run_at_once() {
     let (srv, _) = server().await;
     let srv = Arc::new(srv);
@@ -846,6 +898,20 @@ async fn websocket_v4_exec_splits_output_and_reports_the_exit_code() {
     let status: serde_json::Value = serde_json::from_slice(&got[3]).unwrap();
     assert_eq!(status["reason"], "NonZeroExitCode");
     assert_eq!(status["details"]["causes"][0]["message"], "3");
+
+    // the base64 variant: text messages, an ASCII channel digit, then base64
+    let url = srv.exec_url(exec(&["echo", "b64"])).unwrap();
+    let (mut ws, proto) = ws_connect(&url, "v4.base64.channel.k8s.io").await.unwrap();
+    assert_eq!(proto.as_deref(), Some("v4.base64.channel.k8s.io"));
+    let mut texts = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            Message::Text(t) => texts.push(t.to_string()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(texts.contains(&"1YjY0Cg==".to_string()), "{texts:?}");
     srv.shutdown().await;
 }
 
@@ -1114,6 +1180,15 @@ async fn invalid_requests_are_refused_at_registration() {
         e.to_string(),
         "invalid port forward request: port 70000 is out of range (1-65535)"
     );
+    srv.shutdown().await;
+
+    let (srv, _) = server_with(Config {
+        base_url: Some("http://node.example:10010/".into()),
+        ..Config::default()
+    })
+    .await;
+    let url = srv.exec_url(exec(&["true"])).unwrap();
+    assert!(url.starts_with("http://node.example:10010/exec/"), "{url}");
     let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = busy.local_addr().unwrap();
     let err = StreamingServer::start(

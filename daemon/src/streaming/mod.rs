@@ -127,6 +127,9 @@ pub trait Runtime: Send + Sync + 'static {
 pub struct Config {
     /// Listen address; port 0 picks a free one.
     pub addr: SocketAddr,
+    /// What the URLs start with (`http://host:port`), when clients must reach the server by
+    /// another name than the listen address (kubelet's `BaseURL`); default `http://<bound addr>`.
+    pub base_url: Option<String>,
     /// How long a URL stays valid when nobody connects to it.
     pub token_ttl: Duration,
     /// Most URLs pending at once.
@@ -141,6 +144,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_url: None,
             token_ttl: Duration::from_secs(60),
             max_pending: 1000,
             stream_creation_timeout: Duration::from_secs(30),
@@ -260,7 +264,10 @@ impl StreamingServer {
 
     fn register(&self, path: &str, pending: cache::Pending) -> Result<String, StreamingError> {
         let token = cache::lock(&self.inner.cache).insert(pending)?;
-        Ok(format!("http://{}/{path}/{token}", self.addr))
+        Ok(match &self.inner.config.base_url {
+            Some(base) => format!("{}/{path}/{token}", base.trim_end_matches('/')),
+            None => format!("http://{}/{path}/{token}", self.addr),
+        })
     }
 
     /// Stops accepting connections and cancels the sessions in progress.

@@ -26,7 +26,7 @@ use super::frame::{self, Frame, FrameError, HeaderDecoder, HeaderEncoder, Header
 /// SPDY/3.1's initial stream and session window.
 pub const DEFAULT_WINDOW: i64 = 64 * 1024;
 /// Largest DATA frame this side sends.
-const MAX_CHUNK: usize = 16 * 1024;
+const MAX_CHUNK: usize = 32 * 1024;
 /// Consumed bytes that trigger a WINDOW_UPDATE: half a default window, as browsers did.
 const UPDATE_THRESHOLD: u32 = 32 * 1024;
 /// Bytes one stream may hold unread before the reader stops reading the connection; only a peer
