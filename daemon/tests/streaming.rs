@@ -954,6 +954,33 @@ async fn websocket_v5_closes_stdin_with_the_close_signal_and_resizes_a_tty() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_leaving_mid_exec_kills_the_process() {
+    let (srv, rt) = server().await;
+    let url = srv
+        .exec_url(exec(&["sh", "-c", "echo started; sleep 30"]))
+        .unwrap();
+    let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let mut out = Vec::new();
+    while !out.ends_with(b"started\n") {
+        if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+            if b.first() == Some(&1) {
+                out.extend_from_slice(&b[1..]);
+            }
+        }
+    }
+    drop(ws);
+    let t = Instant::now();
+    while rt.killed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the process was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_port_forward_announces_ports_and_carries_data() {
     let (srv, _) = server().await;
     let (port, echo) = echo_server().await;
@@ -1133,6 +1160,45 @@ async fn bad_upgrades_get_clear_errors_and_keep_the_token() {
     // none of the refusals used the token up
     let r = go(&url, &[]).await;
     assert_eq!(r.stdout, "finally\n", "{}", r.stderr);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spdy_client_that_opens_no_streams_is_sent_away() {
+    let (srv, _) = server_with(Config {
+        stream_creation_timeout: Duration::from_millis(300),
+        linger: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await;
+    let url = srv.exec_url(exec(&["true"])).unwrap();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut c = TcpStream::connect(host).await.unwrap();
+    c.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+             X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{text}"
+    );
+    let body = &got[text.find("\r\n\r\n").unwrap() + 4..];
+    // GOAWAY (control bit, version 3, type 7), last good stream 0, status OK
+    assert_eq!(body, [0x80, 3, 0, 7, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
     srv.shutdown().await;
 }
 
