@@ -262,71 +262,78 @@ impl SpdyStream {
 
     /// Sends `data` in DATA frames inside the peer's windows.
     pub async fn send(&self, mut data: &[u8]) -> io::Result<()> {
+        enum Wait {
+            Window { grace: bool },
+            QueueSlot,
+        }
+        let broken = |what: String| Err(io::Error::new(io::ErrorKind::BrokenPipe, what));
+        // A queue slot is only taken once the window allows a frame, so streams waiting for
+        // their window never starve the ones that may send.
+        let mut permit: Option<OwnedSemaphorePermit> = None;
         while !data.is_empty() {
-            let permit = self
-                .shared
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the frame semaphore is never closed");
-            let mut permit = Some(permit);
-            loop {
-                let notified = self.shared.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let grace = {
-                    let mut guard = lock(&self.shared.state);
-                    let st = &mut *guard;
-                    if st.gone {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "the spdy connection closed",
-                        ));
-                    }
-                    let Some(s) = st.streams.get_mut(&self.id) else {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("spdy stream {} is closed", self.id),
-                        ));
-                    };
-                    if s.reset {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("spdy stream {} was reset", self.id),
-                        ));
-                    }
-                    if s.local_fin {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("spdy stream {} is already finished", self.id),
-                        ));
-                    }
-                    let allowed = if st.enforce {
-                        s.send_window.min(st.session_send_window)
-                    } else {
-                        i64::MAX
-                    };
-                    if allowed > 0 {
-                        let n = data.len().min(MAX_CHUNK).min(allowed as usize);
-                        if st.enforce {
-                            s.send_window -= n as i64;
-                            st.session_send_window -= n as i64;
-                        }
-                        let _ = self.shared.out.send(Out::Frame(
-                            Frame::Data {
-                                stream_id: self.id,
-                                fin: false,
-                                data: Bytes::copy_from_slice(&data[..n]),
-                            },
-                            permit.take(),
-                        ));
-                        data = &data[n..];
-                        break;
-                    }
-                    !st.peer_flow_control
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wait = {
+                let mut guard = lock(&self.shared.state);
+                let st = &mut *guard;
+                if st.gone {
+                    return broken("the spdy connection closed".into());
+                }
+                let Some(s) = st.streams.get_mut(&self.id) else {
+                    return broken(format!("spdy stream {} is closed", self.id));
                 };
-                if grace {
+                if s.reset {
+                    return broken(format!("spdy stream {} was reset", self.id));
+                }
+                if s.local_fin {
+                    return broken(format!("spdy stream {} is already finished", self.id));
+                }
+                let allowed = if st.enforce {
+                    s.send_window.min(st.session_send_window)
+                } else {
+                    i64::MAX
+                };
+                if allowed <= 0 {
+                    permit = None;
+                    Wait::Window {
+                        grace: !st.peer_flow_control,
+                    }
+                } else if let Some(p) = permit
+                    .take()
+                    .or_else(|| self.shared.permits.clone().try_acquire_owned().ok())
+                {
+                    let n = data.len().min(MAX_CHUNK).min(allowed as usize);
+                    if st.enforce {
+                        s.send_window -= n as i64;
+                        st.session_send_window -= n as i64;
+                    }
+                    let _ = self.shared.out.send(Out::Frame(
+                        Frame::Data {
+                            stream_id: self.id,
+                            fin: false,
+                            data: Bytes::copy_from_slice(&data[..n]),
+                        },
+                        Some(p),
+                    ));
+                    data = &data[n..];
+                    continue;
+                } else {
+                    Wait::QueueSlot
+                }
+            };
+            match wait {
+                Wait::QueueSlot => {
+                    permit = Some(
+                        self.shared
+                            .permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the frame semaphore is never closed"),
+                    );
+                }
+                Wait::Window { grace: true } => {
                     if tokio::time::timeout(FLOW_CONTROL_GRACE, notified)
                         .await
                         .is_err()
@@ -339,9 +346,8 @@ impl SpdyStream {
                             st.enforce = false;
                         }
                     }
-                } else {
-                    notified.await;
                 }
+                Wait::Window { grace: false } => notified.await,
             }
         }
         Ok(())
@@ -808,6 +814,35 @@ mod tests {
             150_000 - 95_536
         );
         sender.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_waiting_for_their_window_do_not_block_the_others() {
+        let (mut session, mut peer) = pair();
+        peer.send(Frame::Settings {
+            flags: 0,
+            entries: vec![(0, frame::SETTINGS_INITIAL_WINDOW_SIZE, 1024)],
+        })
+        .await;
+        peer.send(Frame::WindowUpdate {
+            stream_id: 0,
+            delta: 10 << 20,
+        })
+        .await;
+        let mut blocked = Vec::new();
+        for i in 0..(MAX_QUEUED_FRAMES as u32 + 6) {
+            peer.open(2 * i + 1, "stdout").await;
+            let stream = session.accept().await.unwrap().accept();
+            blocked.push(tokio::spawn(async move { stream.send(&[0u8; 1025]).await }));
+        }
+        peer.open(1001, "stdout").await;
+        let free = session.accept().await.unwrap().accept();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(2), free.send(b"through"))
+            .await
+            .expect("a stream with window left is not starved")
+            .unwrap();
+        assert!(blocked.iter().all(|b| !b.is_finished()));
     }
 
     #[tokio::test]
