@@ -773,6 +773,42 @@ async fn a_client_leaving_mid_exec_kills_the_process_and_the_server_keeps_servin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_dropped() {
+    let (srv, rt) = server_with(Config {
+        idle_timeout: Some(Duration::from_millis(500)),
+        linger: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await;
+    let url = srv
+        .exec_url(exec(&["sh", "-c", "echo started; sleep 30"]))
+        .unwrap();
+    let t = Instant::now();
+    let r = go(&url, &["-do", "await:started"]).await;
+    assert_eq!(r.stdout, "started\n");
+    assert_eq!(r.status, "", "the connection was dropped, no status");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let url = srv
+        .exec_url(ExecRequest {
+            stdin: true,
+            ..exec(&["sh", "-c", "echo started; sleep 30"])
+        })
+        .unwrap();
+    let (mut ws, _) = ws_connect(&url, "v4.channel.k8s.io").await.unwrap();
+    let got = ws_collect(&mut ws).await;
+    assert_eq!(got[1], b"started\n");
+    let t = Instant::now();
+    while rt.killed.load(Ordering::SeqCst) < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "idle sessions kept their processes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_the_server_down_cancels_running_sessions() {
     let (srv, rt) = server().await;
     let url = srv

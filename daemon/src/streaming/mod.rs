@@ -138,6 +138,9 @@ pub struct Config {
     pub stream_creation_timeout: Duration,
     /// How long a finished session waits for the client to close the connection itself.
     pub linger: Duration,
+    /// A session without traffic for this long is dropped (kubelet's stream idle timeout);
+    /// for SPDY frames either way count, for WebSocket the client's messages.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -149,6 +152,7 @@ impl Default for Config {
             max_pending: 1000,
             stream_creation_timeout: Duration::from_secs(30),
             linger: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(4 * 3600)),
         }
     }
 }

@@ -58,7 +58,7 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let pod = req.pod_sandbox_id;
-    let mut session = Session::start(io);
+    let mut session = Session::start(io, inner.config.idle_timeout);
     let cancel = inner.shutdown.child_token();
     let mut lost = session.lost();
     let watcher = tokio::spawn({
@@ -248,6 +248,7 @@ pub(crate) async fn serve_ws<T>(
     let (out, writer) = ws::spawn_writer(sink);
     let codec = Codec::for_protocol(protocol);
     let cancel = inner.shutdown.child_token();
+    let idle = inner.config.idle_timeout;
 
     let mut inputs = Vec::new();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -299,7 +300,7 @@ pub(crate) async fn serve_ws<T>(
         let cancel = cancel.clone();
         let out = out.clone();
         async move {
-            while let Some(Ok(msg)) = source.next().await {
+            while let Some(msg) = ws::next_message(&mut source, idle).await {
                 match &msg {
                     Message::Close(_) => break,
                     Message::Ping(_) => {
@@ -353,12 +354,13 @@ pub(crate) async fn serve_ws_tunnel<T>(inner: Arc<Inner>, req: PortForwardReques
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle = inner.config.idle_timeout;
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let (mut sink, mut source) = socket.split();
     let (spdy_side, ours) = tokio::io::duplex(256 * 1024);
     let (mut ours_r, mut ours_w) = tokio::io::split(ours);
     let down = tokio::spawn(async move {
-        while let Some(Ok(msg)) = source.next().await {
+        while let Some(msg) = ws::next_message(&mut source, idle).await {
             let ok = match msg {
                 Message::Binary(b) => ours_w.write_all(&b).await.is_ok(),
                 Message::Close(_) => false,

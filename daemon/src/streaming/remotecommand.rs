@@ -190,7 +190,7 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let label = cmd.label();
-    let mut session = Session::start(io);
+    let mut session = Session::start(io, inner.config.idle_timeout);
     let f = cmd.flags();
     let v4 = protocol.starts_with("v4.") || protocol.starts_with("v5.");
     let mut want = vec!["error"];
@@ -321,6 +321,7 @@ where
     let v4 = protocol.starts_with("v4.") || protocol.starts_with("v5.");
     let v5 = protocol.starts_with("v5.");
     let f = cmd.flags();
+    let idle = inner.config.idle_timeout;
 
     // kubelet's "connection established" signal: an empty message on the lowest output channel
     let first = if f.stdout {
@@ -350,7 +351,7 @@ where
         let out = out.clone();
         async move {
             let mut parser = ResizeParser::default();
-            while let Some(Ok(msg)) = source.next().await {
+            while let Some(msg) = ws::next_message(&mut source, idle).await {
                 match &msg {
                     Message::Close(_) => break,
                     Message::Ping(_) => {

@@ -4,7 +4,8 @@
 
 use base64::Engine;
 use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, Stream, StreamExt};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -64,6 +65,25 @@ impl Codec {
             _ => None,
         }
     }
+}
+
+/// The next message, `None` when the connection ends, fails or stays silent for `idle`.
+pub(crate) async fn next_message<S>(source: &mut S, idle: Option<Duration>) -> Option<Message>
+where
+    S: Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let next = source.next();
+    let msg = match idle {
+        Some(idle) => match tokio::time::timeout(idle, next).await {
+            Ok(m) => m,
+            Err(_) => {
+                tracing::info!("websocket session idle for {idle:?}: closing it");
+                return None;
+            }
+        },
+        None => next.await,
+    };
+    msg?.ok()
 }
 
 pub(crate) enum WsOut {

@@ -14,12 +14,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame, FrameError, HeaderDecoder, HeaderEncoder, Headers};
 
@@ -63,6 +64,8 @@ struct State {
     gone: bool,
     closing: bool,
     last_peer_stream: u32,
+    /// When a frame was last read or written (kubelet's idle timeout counts both).
+    last_activity: Instant,
 }
 
 enum Out {
@@ -76,11 +79,17 @@ struct Shared {
     out: mpsc::UnboundedSender<Out>,
     permits: Arc<Semaphore>,
     lost: watch::Sender<bool>,
+    /// Stops the reader and the writer at once (idle timeout).
+    kill: CancellationToken,
 }
 
 impl Shared {
     fn queue(&self, frame: Frame) {
         let _ = self.out.send(Out::Frame(frame, None));
+    }
+
+    fn touch(&self) {
+        lock(&self.state).last_activity = Instant::now();
     }
 
     fn mark_gone(&self) {
@@ -391,10 +400,13 @@ pub struct Session {
     incoming: mpsc::UnboundedReceiver<Incoming>,
     reader: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl Session {
-    pub fn start<T>(io: T) -> Session
+    /// Starts serving `io`; with `idle`, the connection is dropped after that long without a
+    /// frame in either direction.
+    pub fn start<T>(io: T, idle: Option<Duration>) -> Session
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -412,19 +424,23 @@ impl Session {
                 gone: false,
                 closing: false,
                 last_peer_stream: 0,
+                last_activity: Instant::now(),
             }),
             changed: Notify::new(),
             out: out_tx,
             permits: Arc::new(Semaphore::new(MAX_QUEUED_FRAMES)),
             lost: watch::channel(false).0,
+            kill: CancellationToken::new(),
         });
         let writer = tokio::spawn(write_loop(w, out_rx, shared.clone()));
         let reader = tokio::spawn(read_loop(r, in_tx, shared.clone()));
+        let watchdog = idle.map(|idle| tokio::spawn(watchdog(shared.clone(), idle)));
         Session {
             shared,
             incoming: in_rx,
             reader: Some(reader),
             writer: Some(writer),
+            watchdog,
         }
     }
 
@@ -472,7 +488,27 @@ impl Drop for Session {
         if let Some(w) = self.writer.take() {
             w.abort();
         }
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
         self.shared.mark_gone();
+    }
+}
+
+async fn watchdog(shared: Arc<Shared>, idle: Duration) {
+    let mut lost = shared.lost.subscribe();
+    loop {
+        let deadline = lock(&shared.state).last_activity + idle;
+        if Instant::now() >= deadline {
+            tracing::info!("spdy session idle for {idle:?}: closing it");
+            shared.kill.cancel();
+            shared.mark_gone();
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = lost.wait_for(|gone| *gone) => return,
+        }
     }
 }
 
@@ -484,7 +520,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut enc = HeaderEncoder::new();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut permits = Vec::new();
-    'outer: while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            _ = shared.kill.cancelled() => {
+                let _ = w.shutdown().await;
+                break;
+            }
+        };
         let mut next = Some(first);
         let mut shutdown = false;
         while let Some(item) = next.take() {
@@ -511,8 +557,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             {
                 tracing::debug!("spdy write failed: {e}");
                 shared.mark_gone();
-                break 'outer;
+                break;
             }
+            shared.touch();
             buf.clear();
             permits.clear();
         }
@@ -530,9 +577,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let mut dec = HeaderDecoder::new();
     loop {
-        match frame::read_frame(&mut r, &mut dec).await {
+        let read = tokio::select! {
+            read = frame::read_frame(&mut r, &mut dec) => read,
+            _ = shared.kill.cancelled() => break,
+        };
+        match read {
             Ok(None) => break,
             Ok(Some(f)) => {
+                shared.touch();
                 if let Err(e) = dispatch(f, &incoming, &shared).await {
                     tracing::warn!("spdy session: {e}");
                     shared.queue(Frame::GoAway {
@@ -755,7 +807,7 @@ mod tests {
         let (server, client) = tokio::io::duplex(4 << 20);
         let (r, w) = tokio::io::split(client);
         (
-            Session::start(server),
+            Session::start(server, None),
             Peer {
                 r,
                 w,
