@@ -876,6 +876,54 @@ async fn many_sessions_run_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_carries_megabytes_both_ways_at_once() {
+    let (srv, _) = server().await;
+    let (port, echo) = echo_server().await;
+    for transport in ["spdy", "websocket"] {
+        let url = srv
+            .port_forward_url(PortForwardRequest {
+                pod_sandbox_id: "pod1".into(),
+                ports: vec![],
+            })
+            .unwrap();
+        let t = Instant::now();
+        let r = go(
+            &url,
+            &[
+                "-mode",
+                "portforward",
+                "-proto",
+                "portforward.k8s.io",
+                "-transport",
+                transport,
+                "-port",
+                &port.to_string(),
+                "-conns",
+                "4",
+                "-bulk",
+                "4194304",
+            ],
+        )
+        .await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            r.stdout,
+            (0..4)
+                .map(|i| format!("{i}:4194304 bytes:\"\"\n"))
+                .collect::<String>(),
+            "{}",
+            r.stderr
+        );
+        eprintln!(
+            "port forward over {transport}: 4 x 4 MiB echoed in {:?}",
+            t.elapsed()
+        );
+    }
+    echo.abort();
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spdy_port_forward_tunnelled_through_websocket() {
     // client-go's websocket port-forward dialer (crictl port-forward --transport websocket)
     let (srv, _) = server().await;

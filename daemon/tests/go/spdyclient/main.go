@@ -36,6 +36,7 @@ var (
 	port      = flag.Int("port", 0, "port to forward")
 	conns     = flag.Int("conns", 1, "forwarded connections, opened at once")
 	payload   = flag.String("payload", "hello", "what each forwarded connection sends")
+	bulk      = flag.Int("bulk", 0, "send this many bytes (in 32 KiB writes) instead of the payload")
 	noReqID   = flag.Bool("no-requestid", false, "open port-forward streams without requestid (old clients)")
 	transport = flag.String("transport", "spdy", "spdy | websocket (SPDY tunnelled in binary messages, as client-go's websocket port-forward dialer does)")
 )
@@ -319,10 +320,24 @@ func forward(conn net.Conn, c *spdystream.Connection) {
 			data := open(c, h2)
 			errc := make(chan string, 1)
 			go func() { b, _ := io.ReadAll(errStream); errc <- string(b) }()
-			data.Write([]byte(fmt.Sprintf("%s %d\n", unescape(*payload), i)))
+			gotc := make(chan []byte, 1)
+			// read while writing, as client-go does: the echo comes back before the send ends
+			go func() { b, _ := io.ReadAll(data); gotc <- b }()
+			if *bulk > 0 {
+				chunk := bytes.Repeat([]byte("y"), 32*1024)
+				for sent := 0; sent < *bulk; sent += len(chunk) {
+					data.Write(chunk)
+				}
+			} else {
+				data.Write([]byte(fmt.Sprintf("%s %d\n", unescape(*payload), i)))
+			}
 			data.Close()
-			got, _ := io.ReadAll(data)
-			results[i] = fmt.Sprintf("%d:%q:%q", i, got, <-errc)
+			got := <-gotc
+			if *bulk > 0 {
+				results[i] = fmt.Sprintf("%d:%d bytes:%q", i, len(got), <-errc)
+			} else {
+				results[i] = fmt.Sprintf("%d:%q:%q", i, got, <-errc)
+			}
 		}(i)
 	}
 	wg.Wait()
