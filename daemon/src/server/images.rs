@@ -586,23 +586,30 @@ impl pb::images_server::Images for ImagesService {
         } else {
             vec![find(&self.0.md, &ns, &name)?.name]
         };
-        for (target, image) in mounts_of(&self.0, &ns)? {
-            if names.contains(&image) {
-                return Err(Status::failed_precondition(format!(
-                    "image {image:?} is mounted at {target}: unmount it first (rctr images unmount {target})"
-                )));
-            }
-        }
         let md = self.0.md.clone();
         let (ns_, names_) = (ns.clone(), names.clone());
         blocking(move || {
-            md.write(|tx| {
+            // checked in the transaction that deletes: a mount made meanwhile is seen
+            md.write(|tx| -> Result<Result<(), Status>, MetadataError> {
+                for s in tx.snapshots(&ns_)? {
+                    let (Some(target), Some(image)) = (
+                        s.labels.get(LABEL_MOUNT_TARGET),
+                        s.labels.get(LABEL_MOUNT_IMAGE),
+                    ) else {
+                        continue;
+                    };
+                    if names_.contains(image) {
+                        return Ok(Err(Status::failed_precondition(format!(
+                            "image {image:?} is mounted at {target}: unmount it first (rctr images unmount {target})"
+                        ))));
+                    }
+                }
                 for n in &names_ {
                     tx.delete_image(&ns_, n)?;
                 }
-                Ok(())
+                Ok(Ok(()))
             })
-            .map_err(metadata_status)
+            .map_err(metadata_status)?
         })
         .await?;
         info!(namespace = %ns, images = ?names, "images deleted");
