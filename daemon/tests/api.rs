@@ -38,6 +38,11 @@ fn pull_list_content_remove_restart() {
         out.contains(&format!("{name}: {}", image.digest())),
         "{out}"
     );
+    // unpacked into the layer's snapshot (one layer: chain ID = diff ID)
+    assert!(
+        out.contains(&format!("unpacked linux/amd64 {}: ", image.diff_ids()[0])),
+        "{out}"
+    );
 
     let ls = rcd.ok(&["images", "ls"]);
     let lines: Vec<&str> = ls.lines().collect();

@@ -929,7 +929,20 @@ async fn pull(
     if tty {
         redraw(&mut out, &lines, &mut drawn)?;
     }
-    let target = image.target.unwrap_or_default();
+    let target = image.target.clone().unwrap_or_default();
+    if !image.snapshot.is_empty() {
+        writeln!(
+            out,
+            "unpacked {} {}: {}",
+            image
+                .platform
+                .clone()
+                .map(platform_string)
+                .unwrap_or_default(),
+            image.snapshot,
+            human_size(image.unpacked_size.max(0) as u64)
+        )?;
+    }
     writeln!(
         out,
         "elapsed: {:.1} s    total: {}",
