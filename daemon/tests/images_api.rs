@@ -500,3 +500,41 @@ fn snapshots_and_leases() {
     let err = rcd.fail(&["leases", "rm", "mine"]);
     assert!(err.contains("lease \"mine\" not found"), "{err}");
 }
+
+/// Two pulls of one image at once through the daemon: both succeed, the layers are unpacked
+/// once; the same image in another namespace has snapshots of its own and keeps the shared
+/// blobs when the first namespace removes it.
+#[test]
+fn concurrent_pulls_and_namespaces() {
+    let reg = Registry::start().unwrap();
+    let image = many_layers_image();
+    reg.push(&image, "many", "1").unwrap();
+    let name = reg.image_ref("many", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+    let pulls: Vec<Child> = (0..2).map(|_| spawn_pull(&rcd, &name)).collect();
+    for mut p in pulls {
+        assert!(p.wait().unwrap().success(), "{}", rcd.log_text());
+    }
+    assert_eq!(rcd.ok(&["images", "ls", "-q"]), format!("{name}\n"));
+    rcd.ok(&["images", "prune"]);
+    let snaps = rcd.ok(&["snapshots", "ls", "-q"]);
+    assert_eq!(snaps.lines().count(), image.layers.len(), "{snaps}");
+    assert_eq!(rcd.ok(&["leases", "ls", "-q"]), "");
+
+    rcd.ok(&["-n", "other", "images", "pull", &name]);
+    let other = rcd.ok(&["-n", "other", "snapshots", "ls", "-q"]);
+    assert_eq!(other, snaps);
+    rcd.ok(&["images", "rm", "--sync", &name]);
+    assert_eq!(rcd.ok(&["snapshots", "ls", "-q"]), "");
+    let blobs = rcd.ok(&["content", "ls", "-q"]);
+    assert_eq!(blobs.lines().count(), image.layers.len() + 2, "{blobs}");
+    let ls = rcd.ok(&["-n", "other", "images", "ls"]);
+    assert!(
+        ls.contains(&name) && ls.contains("unpacked") && !ls.contains("broken"),
+        "{ls}"
+    );
+    // an image of another namespace keeps its blobs from `content rm` too
+    let err = rcd.fail(&["content", "rm", image.config.digest.as_str()]);
+    assert!(err.contains("namespace \"other\""), "{err}");
+}
