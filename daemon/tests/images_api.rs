@@ -245,6 +245,18 @@ fn inspect_tag_rm_prune() {
         image.digest()
     );
 
+    // an image ID (its config digest, or 12+ hex of it) names it too
+    let id = &image.config.digest["sha256:".len()..];
+    let doc = json(&rcd.ok(&["images", "inspect", &id[..12]]));
+    assert_eq!(doc["target"]["digest"], image.digest());
+    let doc = json(&rcd.ok(&["images", "inspect", &image.config.digest]));
+    assert_eq!(doc["target"]["digest"], image.digest());
+    let err = rcd.fail(&["images", "inspect", "0123456789ab"]);
+    assert!(
+        err.contains("no image with digest or ID 0123456789ab"),
+        "{err}"
+    );
+
     // rm by name removes that name only; the content stays for the others
     assert_eq!(
         rcd.ok(&["images", "rm", "--sync", mine]),

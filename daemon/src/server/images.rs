@@ -105,6 +105,77 @@ fn find(md: &Metadata, ns: &str, name: &str) -> Result<ImageRecord, Status> {
         .ok_or_else(|| not_found(ns, name))
 }
 
+/// The digests an image is known by: target, manifest, config (its ID, as docker's).
+async fn digests_of(d: &Daemon, rec: &ImageRecord) -> Vec<Digest> {
+    let mut out = vec![rec.target.digest.clone()];
+    if let Some(m) = &rec.manifest {
+        out.push(m.digest.clone());
+        if let Ok(data) = d.store.read_all(&m.digest).await {
+            if let Ok(m) = serde_json::from_slice::<OciImageManifest>(&data) {
+                out.extend(Digest::parse(&m.config.digest).ok());
+            }
+        }
+    }
+    out
+}
+
+/// The images `text` names: a name (as typed or normalised: one image); else a digest
+/// (`sha256:` + 64 hex) or an ID prefix (12 to 64 hex) of their target, manifest or config
+/// (every name of it; a prefix of several different images is refused as ambiguous).
+async fn resolve(d: &Daemon, ns: &str, text: &str) -> Result<Vec<ImageRecord>, Status> {
+    match find(&d.md, ns, text) {
+        Ok(r) => return Ok(vec![r]),
+        Err(e) if e.code() != tonic::Code::NotFound => return Err(e),
+        Err(e) => {
+            let hex = text.strip_prefix("sha256:");
+            let prefix = match hex {
+                Some(_) => Digest::parse(text)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+                    .hex()
+                    .to_owned(),
+                None if (12..=64).contains(&text.len())
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                {
+                    text.to_owned()
+                }
+                None => return Err(e),
+            };
+            let mut hits = Vec::new();
+            for r in d.md.images(ns).map_err(metadata_status)? {
+                if digests_of(d, &r)
+                    .await
+                    .iter()
+                    .any(|g| g.hex().starts_with(&prefix))
+                {
+                    hits.push(r);
+                }
+            }
+            if hits.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no image with digest or ID {text} in namespace {ns:?}"
+                )));
+            }
+            if hits.iter().any(|r| r.target != hits[0].target) {
+                return Err(Status::failed_precondition(format!(
+                    "{text} is ambiguous: it matches images {}",
+                    hits.iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(hits)
+        }
+    }
+}
+
+/// One image, named as [`resolve`] takes it.
+async fn resolve_one(d: &Daemon, ns: &str, text: &str) -> Result<ImageRecord, Status> {
+    Ok(resolve(d, ns, text).await?.swap_remove(0))
+}
+
 /// Where image mounts are: target → image name, from the mount snapshots' labels.
 fn mounts_of(d: &Daemon, ns: &str) -> Result<Vec<(String, String)>, Status> {
     Ok(d.snapshotter
@@ -503,7 +574,7 @@ impl pb::images_server::Images for ImagesService {
     ) -> Result<Response<pb::GetImageResponse>, Status> {
         let ns = namespace(&req)?;
         let name = req.into_inner().name;
-        let rec = find(&self.0.md, &ns, &name)?;
+        let rec = resolve_one(&self.0, &ns, &name).await?;
         let (image, manifest, config) = view(&self.0, &ns, &rec).await;
         Ok(Response::new(pb::GetImageResponse {
             image: Some(image),
@@ -518,7 +589,7 @@ impl pb::images_server::Images for ImagesService {
     ) -> Result<Response<pb::TagImageResponse>, Status> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        let src = find(&self.0.md, &ns, &req.source)?;
+        let src = resolve_one(&self.0, &ns, &req.source).await?;
         let target = parse_reference(&req.target)
             .map_err(|e| pull_status(&e))?
             .whole();
@@ -564,28 +635,11 @@ impl pb::images_server::Images for ImagesService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let name = req.name;
-        let by_digest = name.starts_with("sha256:");
-        let names: Vec<String> = if by_digest {
-            let digest =
-                Digest::parse(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let all = self.0.md.images(&ns).map_err(metadata_status)?;
-            let hit: Vec<String> = all
-                .into_iter()
-                .filter(|r| {
-                    r.target.digest == digest
-                        || r.manifest.as_ref().is_some_and(|m| m.digest == digest)
-                })
-                .map(|r| r.name)
-                .collect();
-            if hit.is_empty() {
-                return Err(Status::not_found(format!(
-                    "no image with digest {digest} in namespace {ns:?}"
-                )));
-            }
-            hit
-        } else {
-            vec![find(&self.0.md, &ns, &name)?.name]
-        };
+        let names: Vec<String> = resolve(&self.0, &ns, &name)
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         let md = self.0.md.clone();
         let (ns_, names_) = (ns.clone(), names.clone());
         blocking(move || {
@@ -660,7 +714,7 @@ impl pb::images_server::Images for ImagesService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let target = mount_target(&req.target)?;
-        let rec = find(&self.0.md, &ns, &req.name)?;
+        let rec = resolve_one(&self.0, &ns, &req.name).await?;
         let (img, _, _) = view(&self.0, &ns, &rec).await;
         if !img.problem.is_empty() {
             return Err(Status::failed_precondition(format!(
