@@ -124,8 +124,8 @@ async fn digests_of(d: &Daemon, rec: &ImageRecord) -> Vec<Digest> {
 /// (every name of it; a prefix of several different images is refused as ambiguous).
 async fn resolve(d: &Daemon, ns: &str, text: &str) -> Result<Vec<ImageRecord>, Status> {
     match find(&d.md, ns, text) {
-        Ok(r) => return Ok(vec![r]),
-        Err(e) if e.code() != tonic::Code::NotFound => return Err(e),
+        Ok(r) => Ok(vec![r]),
+        Err(e) if e.code() != tonic::Code::NotFound => Err(e),
         Err(e) => {
             let hex = text.strip_prefix("sha256:");
             let prefix = match hex {
