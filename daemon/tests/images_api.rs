@@ -79,7 +79,7 @@ fn spawn_pull(rcd: &Rcd, name: &str) -> Child {
 /// `kill -9` of rcd while it pulls `image` (once `ready` says the pull is far enough), then:
 /// no image after the restart, the pull repeats fine, and after a collection the store
 /// holds exactly the image: no ingests, no leftover snapshots.
-fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) {
+fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> String {
     let reg = Registry::start().unwrap();
     reg.push(image, "crash", "1").unwrap();
     let name = reg.image_ref("crash", "1");
@@ -161,6 +161,7 @@ fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) {
         })
         .exists());
     rcd.ok(&["images", "unmount", target.to_str().unwrap()]);
+    out
 }
 
 #[test]
@@ -172,7 +173,15 @@ fn killed_mid_download_then_pull_again() {
             std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
         })
     };
-    kill_mid_pull(&big_image(), ready, "mid-download");
+    let image = big_image();
+    let out = kill_mid_pull(&image, ready, "mid-download");
+    // the second pull resumed the layer from its ingest: its first byte count is not 0
+    let short = &image.layer_digests()[0]["sha256:".len()..][..12];
+    let first = out
+        .lines()
+        .find(|l| l.contains(short) && l.contains("downloading"))
+        .unwrap_or_else(|| panic!("no download of the layer:\n{out}"));
+    assert!(!first.contains("downloading 0 B"), "not resumed: {first}");
 }
 
 #[test]
