@@ -79,7 +79,8 @@ fn spawn_pull(rcd: &Rcd, name: &str) -> Child {
 /// `kill -9` of rcd while it pulls `image` (once `ready` says the pull is far enough), then:
 /// no image after the restart, the pull repeats fine, and after a collection the store
 /// holds exactly the image: no ingests, no leftover snapshots.
-fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> String {
+/// Returns the second pull's output and the blobs kept by the lease through a collection.
+fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> (String, String) {
     let reg = Registry::start().unwrap();
     reg.push(image, "crash", "1").unwrap();
     let name = reg.image_ref("crash", "1");
@@ -107,9 +108,17 @@ fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> St
         "",
         "half-pulled image visible"
     );
-    // the killed pull's lease is still there, with its expiry
+    // the killed pull's lease is still there, with its expiry, and keeps what the pull
+    // finished from a collection; a leftover extraction goes
     let leases = rcd.ok(&["leases", "ls"]);
     assert!(leases.contains("rcd.io/pull="), "{leases}");
+    rcd.ok(&["images", "prune"]);
+    let kept = rcd.ok(&["content", "ls", "-q"]);
+    let snaps = rcd.ok(&["snapshots", "ls"]);
+    assert!(
+        !snaps.contains("extract-") && !snaps.contains("Active"),
+        "{snaps}"
+    );
 
     let out = rcd.ok(&["images", "pull", &name]);
     assert!(
@@ -161,7 +170,7 @@ fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> St
         })
         .exists());
     rcd.ok(&["images", "unmount", target.to_str().unwrap()]);
-    out
+    (out, kept)
 }
 
 #[test]
@@ -174,7 +183,15 @@ fn killed_mid_download_then_pull_again() {
         })
     };
     let image = big_image();
-    let out = kill_mid_pull(&image, ready, "mid-download");
+    let (out, kept) = kill_mid_pull(&image, ready, "mid-download");
+    // the config was in before the kill: leased, kept, not fetched again
+    assert!(kept.contains(&image.config.digest), "{kept}");
+    let short = &image.config.digest["sha256:".len()..][..12];
+    assert!(
+        out.lines()
+            .any(|l| l.contains(short) && l.contains("exists")),
+        "{out}"
+    );
     // the second pull resumed the layer from its ingest: its first byte count is not 0
     let short = &image.layer_digests()[0]["sha256:".len()..][..12];
     let first = out
@@ -188,7 +205,11 @@ fn killed_mid_download_then_pull_again() {
 fn killed_mid_unpack_then_pull_again() {
     // once a few layers are extracted
     let ready = |root: &Path| entries(&root.join("overlayfs/snapshots")).len() >= 4;
-    kill_mid_pull(&many_layers_image(), ready, "mid-unpack");
+    let image = many_layers_image();
+    let (out, kept) = kill_mid_pull(&image, ready, "mid-unpack");
+    // every blob was in and leased before the unpack: none fetched again
+    assert_eq!(kept.lines().count(), image.layers.len() + 2, "{kept}");
+    assert!(!out.contains("downloading"), "{out}");
 }
 
 /// pull → inspect → tag (and its refusals) → rm by name and by digest → prune.

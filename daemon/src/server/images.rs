@@ -5,8 +5,9 @@
 //!
 //! 1. the in-process GC guard ([`Metadata::lease`]) and a lease record (`pull-<random>`,
 //!    expiring after [`PULL_LEASE_TTL`]);
-//! 2. `Puller::pull`: blobs into the content store; then they are added to the lease;
-//! 3. `unpack_image`: layers into committed snapshots keyed by chain ID; added to the lease;
+//! 2. `Puller::pull`: blobs into the content store, each added to the lease once in;
+//! 3. the chain IDs added to the lease, then `unpack_image`: layers into committed snapshots
+//!    keyed by chain ID;
 //! 4. `record_image`: the image record and the content's GC labels, one transaction;
 //! 5. the lease is deleted.
 //!
@@ -20,7 +21,7 @@ use super::service::{
 use super::Daemon;
 use crate::content::{ContentError, Digest};
 use crate::gc;
-use crate::image::{record_image, unpack_image, ImageLayers, Unpacked, SNAPSHOTTER_NAME};
+use crate::image::{diff_ids, record_image, unpack_image, ImageLayers, Unpacked, SNAPSHOTTER_NAME};
 use crate::metadata::{
     ImageRecord, Labels, LeaseRecord, Metadata, MetadataError, SnapshotKind, LABEL_GC_REF_SNAPSHOT,
 };
@@ -28,6 +29,7 @@ use crate::pull::{
     parse_reference, BlobKind, OciImageManifest, Platform, Progress, ProgressState, PullError,
     PullOptions, Puller,
 };
+use crate::snapshot::chain_ids;
 use chrono::Utc;
 use rcd_proto::v1 as pb;
 use std::collections::HashMap;
@@ -340,10 +342,40 @@ async fn pull_and_record(
     })
     .await?;
     let result = async {
-        let pulled = puller
-            .pull(reference, opts)
+        // Each blob joins the lease as soon as it is in the store (a few per transaction),
+        // so that a daemon killed mid-pull keeps what it finished.
+        let (btx, brx) = mpsc::unbounded_channel::<Digest>();
+        // taken out when the pull returns, which closes the channel even if a download task
+        // still holds the callback
+        let btx = Arc::new(Mutex::new(Some(btx)));
+        let sender = btx.clone();
+        let inner = opts.progress.clone();
+        let leased = PullOptions {
+            progress: Some(Arc::new(move |p: &Progress| {
+                if matches!(p.state, ProgressState::Done | ProgressState::Exists) {
+                    if let Some(tx) = &*sender.lock().unwrap() {
+                        let _ = tx.send(p.digest.clone());
+                    }
+                }
+                if let Some(f) = &inner {
+                    f(p)
+                }
+            })),
+            ..opts.clone()
+        };
+        let recorder = tokio::spawn(lease_blobs(
+            d.md.clone(),
+            ns.to_owned(),
+            lease_id.clone(),
+            brx,
+        ));
+        let pulled = puller.pull(reference, &leased).await;
+        drop(leased);
+        btx.lock().unwrap().take();
+        recorder
             .await
-            .map_err(|e| pull_status(&e))?;
+            .map_err(|e| Status::internal(format!("lease task: {e}")))??;
+        let pulled = pulled.map_err(|e| pull_status(&e))?;
         let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
         blobs.extend(pulled.index_digest.clone());
         for l in &pulled.layers {
@@ -352,7 +384,14 @@ async fn pull_and_record(
         add_to_lease(d, ns, &lease_id, blobs, vec![]).await?;
         let unpacked = if unpack {
             let layers = ImageLayers::try_from(&pulled).map_err(image_status)?;
-            let u = unpack_image(ns, &layers, &d.store, &d.snapshotter)
+            // the chain IDs join the lease before they exist: each layer is kept as soon as
+            // it is committed
+            let diff_ids = diff_ids(&d.store, &layers.config)
+                .await
+                .map_err(image_status)?;
+            let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
+            add_to_lease(d, ns, &lease_id, vec![], chains).await?;
+            unpack_image(ns, &layers, &d.store, &d.snapshotter)
                 .await
                 .map_err(|e| {
                     Status::internal(format!(
@@ -360,16 +399,7 @@ async fn pull_and_record(
                         pulled.name,
                         image_status(e).message()
                     ))
-                })?;
-            add_to_lease(
-                d,
-                ns,
-                &lease_id,
-                vec![],
-                u.chain_ids.iter().map(|c| c.to_string()).collect(),
-            )
-            .await?;
-            u
+                })?
         } else {
             Unpacked {
                 diff_ids: vec![],
@@ -403,6 +433,28 @@ async fn pull_and_record(
         warn!(namespace = %ns, error = %e.message(), "deleting a pull's lease");
     }
     result
+}
+
+/// Adds the digests arriving on `rx` to the lease, batching what has queued up.
+async fn lease_blobs(
+    md: Metadata,
+    ns: String,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<Digest>,
+) -> Result<(), Status> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(d) = rx.try_recv() {
+            batch.push(d);
+        }
+        let (md, ns, id) = (md.clone(), ns.clone(), id.clone());
+        blocking(move || {
+            md.write(|tx| tx.add_lease_resources(&ns, &id, batch, Vec::<String>::new()))
+                .map_err(metadata_status)
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 async fn add_to_lease(
