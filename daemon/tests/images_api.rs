@@ -80,7 +80,7 @@ fn spawn_pull(rcd: &Rcd, name: &str) -> Child {
 /// no image after the restart, the pull repeats fine, and after a collection the store
 /// holds exactly the image: no ingests, no leftover snapshots.
 /// Returns the second pull's output and the blobs kept by the lease through a collection.
-fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> (String, String) {
+fn kill_mid_pull(image: &Image, ready: impl Fn(&Rcd) -> bool, what: &str) -> (String, String) {
     let reg = Registry::start().unwrap();
     reg.push(image, "crash", "1").unwrap();
     let name = reg.image_ref("crash", "1");
@@ -88,7 +88,7 @@ fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> (S
     let mut rcd = Rcd::start(tmp.path());
     let mut client = spawn_pull(&rcd, &name);
     let t = Instant::now();
-    while !ready(&rcd.root) {
+    while !ready(&rcd) {
         assert!(
             client.try_wait().unwrap().is_none(),
             "pull ended before {what}:\n{}",
@@ -173,14 +173,23 @@ fn kill_mid_pull(image: &Image, ready: impl Fn(&Path) -> bool, what: &str) -> (S
     (out, kept)
 }
 
+/// How many blobs and snapshots the pull's lease holds (`leases ls`' RESOURCES).
+fn lease_resources(rcd: &Rcd) -> usize {
+    rcd.ok(&["leases", "ls"])
+        .lines()
+        .find(|l| l.contains("rcd.io/pull="))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn killed_mid_download_then_pull_again() {
-    // once a layer's ingest holds over 1 MiB
-    let ready = |root: &Path| {
-        let ingest = root.join("content/ingest");
+    // once a layer's ingest holds over 1 MiB and the pull's lease holds a blob (the config)
+    let ready = |rcd: &Rcd| {
+        let ingest = rcd.root.join("content/ingest");
         entries(&ingest).iter().any(|e| {
             std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
-        })
+        }) && lease_resources(rcd) > 0
     };
     let image = big_image();
     let (out, kept) = kill_mid_pull(&image, ready, "mid-download");
@@ -204,7 +213,7 @@ fn killed_mid_download_then_pull_again() {
 #[test]
 fn killed_mid_unpack_then_pull_again() {
     // once a few layers are extracted
-    let ready = |root: &Path| entries(&root.join("overlayfs/snapshots")).len() >= 4;
+    let ready = |rcd: &Rcd| entries(&rcd.root.join("overlayfs/snapshots")).len() >= 4;
     let image = many_layers_image();
     let (out, kept) = kill_mid_pull(&image, ready, "mid-unpack");
     // every blob was in and leased before the unpack: none fetched again
