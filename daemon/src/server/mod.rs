@@ -193,6 +193,22 @@ pub async fn serve(
         puller,
         pullers: Default::default(),
     });
+    // One collection at start, as containerd's scheduler does: what a killed daemon left
+    // (extraction snapshots, blobs of pulls whose lease expired) goes; leased work stays.
+    {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            match crate::gc::collect(&d.store, &d.snapshotter).await {
+                Ok(st) => info!(
+                    blobs = st.blobs.len(),
+                    snapshots = st.snapshots.len(),
+                    leases = st.leases,
+                    "start-up collection"
+                ),
+                Err(e) => warn!(error = %e, "start-up collection failed"),
+            }
+        });
+    }
     // After the signal, running calls (a pull's stream) get SHUTDOWN_GRACE to finish.
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
