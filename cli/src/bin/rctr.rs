@@ -964,3 +964,32 @@ fn redraw(out: &mut impl Write, lines: &[Line], drawn: &mut usize) -> Result<()>
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(key: &str, parent: &str) -> pb::Snapshot {
+        pb::Snapshot {
+            key: key.into(),
+            parent: parent.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trees() {
+        let list = [
+            snap("b", "a"),
+            snap("a", ""),
+            snap("c", "b"),
+            snap("d", "a"),
+            snap("z", ""),
+            snap("orphan", "gone"),
+        ];
+        assert_eq!(tree(&list), "a\n  \\_ b\n    \\_ c\n  \\_ d\norphan\nz\n");
+        assert_eq!(tree(&[]), "");
+        assert_eq!(titled("committed"), "Committed");
+        assert_eq!(titled(""), "");
+    }
+}
