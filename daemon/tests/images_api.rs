@@ -403,6 +403,8 @@ fn mount_and_unmount() {
     std::fs::write(&file, b"").unwrap();
     let err = rcd.fail(&["images", "mount", &name, file.to_str().unwrap()]);
     assert!(err.contains("not a directory"), "{err}");
+    let err = rcd.fail(&["images", "mount", &name, "/"]);
+    assert!(err.contains("refusing to mount over it"), "{err}");
     assert!(!is_mounted(&target));
     assert_eq!(rcd.ok(&["images", "ls", "-q"]), format!("{name}\n"));
 }

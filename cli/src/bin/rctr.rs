@@ -819,6 +819,15 @@ impl Line {
         let short = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
         let short = &short[..short.len().min(12)];
         let what = format!("{}-{short}", self.kind);
+        if self.kind == "unpack" {
+            return match self.state.as_str() {
+                "done" => format!(
+                    "{what}: {:<11} {} of {} layers applied",
+                    "done", self.offset, self.total
+                ),
+                s => format!("{what}: {s:<11} {} layers", self.total),
+            };
+        }
         match self.state.as_str() {
             "downloading" | "waiting" => format!(
                 "{what}: {:<11} {} / {}",
@@ -887,7 +896,10 @@ async fn pull(
         };
         match msg.event {
             Some(pb::pull_response::Event::Progress(p)) => {
-                let idx = match lines.iter().position(|l| l.digest == p.digest) {
+                let idx = match lines
+                    .iter()
+                    .position(|l| l.digest == p.digest && l.kind == p.kind)
+                {
                     Some(i) => i,
                     None => {
                         lines.push(Line {

@@ -322,6 +322,7 @@ async fn pull_and_record(
     reference: &str,
     opts: &PullOptions,
     unpack: bool,
+    events: &mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) -> Result<ImageRecord, Status> {
     let _guard = d.md.lease().await;
     let lease_id = format!("pull-{:016x}", fastrand::u64(..));
@@ -391,7 +392,18 @@ async fn pull_and_record(
                 .map_err(image_status)?;
             let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
             add_to_lease(d, ns, &lease_id, vec![], chains).await?;
-            unpack_image(ns, &layers, &d.store, &d.snapshotter)
+            let unpack_event = |state: &str, offset: usize| pb::PullResponse {
+                event: Some(pb::pull_response::Event::Progress(pb::PullProgress {
+                    digest: layers.config.to_string(),
+                    kind: "unpack".into(),
+                    state: state.into(),
+                    offset: offset as u64,
+                    total: layers.layers.len() as u64,
+                })),
+            };
+            // a client that went away does not stop the pull
+            let _ = events.send(Ok(unpack_event("unpacking", 0))).await;
+            let u = unpack_image(ns, &layers, &d.store, &d.snapshotter)
                 .await
                 .map_err(|e| {
                     Status::internal(format!(
@@ -399,7 +411,9 @@ async fn pull_and_record(
                         pulled.name,
                         image_status(e).message()
                     ))
-                })?
+                })?;
+            let _ = events.send(Ok(unpack_event("done", u.applied))).await;
+            u
         } else {
             Unpacked {
                 diff_ids: vec![],
@@ -583,7 +597,7 @@ impl pb::images_server::Images for ImagesService {
         let unpack = !req.no_unpack;
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = pull_and_record(&d, &ns, &puller, &image, &opts, unpack).await;
+            let result = pull_and_record(&d, &ns, &puller, &image, &opts, unpack, &tx).await;
             drop(opts);
             match result {
                 Ok(rec) => {
@@ -870,6 +884,11 @@ fn mount_target(t: &str) -> Result<PathBuf, Status> {
     if !p.is_dir() {
         return Err(Status::invalid_argument(format!(
             "mount target {t} is not a directory"
+        )));
+    }
+    if p == Path::new("/") {
+        return Err(Status::invalid_argument(format!(
+            "mount target {t} is the root directory: refusing to mount over it"
         )));
     }
     Ok(p)
