@@ -373,10 +373,10 @@ async fn pull_and_record(
         let pulled = puller.pull(reference, &leased).await;
         drop(leased);
         btx.lock().unwrap().take();
-        recorder
-            .await
-            .map_err(|e| Status::internal(format!("lease task: {e}")))??;
+        let leased = recorder.await;
+        // the pull's own error first: it says more than the lease's
         let pulled = pulled.map_err(|e| pull_status(&e))?;
+        leased.map_err(|e| Status::internal(format!("lease task: {e}")))??;
         let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
         blobs.extend(pulled.index_digest.clone());
         for l in &pulled.layers {
