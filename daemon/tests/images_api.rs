@@ -591,3 +591,69 @@ fn concurrent_pulls_and_namespaces() {
     let err = rcd.fail(&["content", "rm", image.config.digest.as_str()]);
     assert!(err.contains("namespace \"other\""), "{err}");
 }
+
+/// Layers the daemon must refuse: a diff ID that does not match the config, a path escaping
+/// the rootfs. The pull fails naming the image and the layer; no image, and after a
+/// collection nothing of it is left (blobs, snapshots, snapshot directories, ingests).
+#[test]
+fn hostile_images_leave_nothing() {
+    let reg = Registry::start().unwrap();
+    let lying = ImageBuilder::new()
+        .layer(busybox_layer().clone())
+        .edit_config(|c| {
+            c["rootfs"]["diff_ids"][0] = serde_json::json!(format!("sha256:{}", "0".repeat(64)))
+        })
+        .build()
+        .unwrap();
+    reg.push(&lying, "lying", "1").unwrap();
+    let escape = ImageBuilder::new()
+        .layer(busybox_layer().clone())
+        .layer_tar(
+            TarBuilder::new()
+                .raw(
+                    tar::EntryType::Regular,
+                    b"../../escaped",
+                    None,
+                    0o644,
+                    b"x",
+                    0,
+                    0,
+                )
+                .finish(),
+        )
+        .build()
+        .unwrap();
+    reg.push(&escape, "escape", "1").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+
+    let name = reg.image_ref("lying", "1");
+    let err = rcd.fail(&["images", "pull", &name]);
+    assert!(
+        err.contains(&name) && err.contains("diff ID") && err.contains(lying.layer_digests()[0]),
+        "{err}"
+    );
+    let name = reg.image_ref("escape", "1");
+    let err = rcd.fail(&["images", "pull", &name]);
+    assert!(
+        err.contains(&name) && err.contains("escapes the destination"),
+        "{err}"
+    );
+    // "../../escaped" from a snapshot's fs dir would be here
+    assert!(!rcd.root.join("overlayfs/snapshots/escaped").exists());
+    assert!(!rcd.root.join("overlayfs/snapshots/1/escaped").exists());
+    assert_eq!(rcd.ok(&["images", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["leases", "ls", "-q"]), "");
+
+    rcd.ok(&["images", "prune"]);
+    assert_eq!(rcd.ok(&["content", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["snapshots", "ls", "-q"]), "");
+    assert_eq!(
+        entries(&rcd.root.join("overlayfs/snapshots")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+}
