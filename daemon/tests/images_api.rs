@@ -657,3 +657,57 @@ fn hostile_images_leave_nothing() {
         Vec::<String>::new()
     );
 }
+
+/// `kill -9` at many points of a pull (from before the first byte to after the record):
+/// after each restart the image is either whole or absent, never broken, and the snapshot
+/// directories match the records once collected; the last pull completes.
+#[test]
+fn kill_at_any_point_of_a_pull() {
+    let reg = Registry::start().unwrap();
+    let image = many_layers_image();
+    reg.push(&image, "any", "1").unwrap();
+    let name = reg.image_ref("any", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rcd = Rcd::start(tmp.path());
+    let mut whole = 0;
+    for delay_ms in [0u64, 50, 200, 500, 900, 1400, 2500] {
+        let mut client = spawn_pull(&rcd, &name);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        rcd.kill9();
+        let _ = client.wait();
+        rcd.spawn();
+        let ls = rcd.ok(&["images", "ls"]);
+        assert!(
+            !ls.contains("broken"),
+            "after a kill at {delay_ms} ms: {ls}"
+        );
+        if ls.contains(&name) {
+            assert!(ls.contains("unpacked"), "{ls}");
+            whole += 1;
+            rcd.ok(&["images", "rm", "--sync", &name]);
+        }
+        // the killed pulls' leases keep their work; released, a collection takes it all
+        for id in rcd.ok(&["leases", "ls", "-q"]).lines() {
+            rcd.ok(&["leases", "rm", id]);
+        }
+        rcd.ok(&["images", "prune"]);
+        assert_eq!(rcd.ok(&["snapshots", "ls", "-q"]), "", "at {delay_ms} ms");
+        assert_eq!(rcd.ok(&["content", "ls", "-q"]), "", "at {delay_ms} ms");
+        assert_eq!(
+            entries(&rcd.root.join("overlayfs/snapshots")),
+            Vec::<String>::new(),
+            "at {delay_ms} ms"
+        );
+    }
+    eprintln!("{whole} of 7 kills came after the image was recorded");
+    let out = rcd.ok(&["images", "pull", &name]);
+    assert!(
+        out.contains(&format!("{name}: {}", image.digest())),
+        "{out}"
+    );
+    rcd.ok(&["images", "prune"]);
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+}
