@@ -4,11 +4,14 @@
 //! unpacking pulled images into snapshots, garbage collection, and the daemon process's gRPC
 //! server (`server`, run by `src/bin/rcd.rs`).
 
+pub mod archive;
 pub mod content;
 pub mod gc;
 pub mod image;
 pub mod metadata;
 pub mod pull;
+pub mod push;
 pub mod server;
 pub mod snapshot;
+pub mod spec;
 pub mod unpack;

@@ -414,7 +414,7 @@ fn classify(e: OciDistributionError, reference: &str, endpoint: &str, what: &str
 }
 
 /// `e: cause: cause`, for errors (reqwest's) whose Display hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -996,6 +996,30 @@ impl Puller {
         }
         Ok(())
     }
+}
+
+/// The client of `registry`'s upstream endpoint with its credentials, for pushes (mirrors
+/// only serve pulls): `(client, auth, url, host)`.
+pub(crate) async fn upstream_client(
+    config: &RegistryConfig,
+    registry: &str,
+) -> Result<(Client, RegistryAuth, String, String), PullError> {
+    let host = config.host(registry);
+    let server = host
+        .server
+        .clone()
+        .unwrap_or_else(|| default_server(registry));
+    let ep = build_endpoint(
+        registry,
+        &server,
+        false,
+        vec![Capability::Push],
+        host.skip_verify,
+        &host.ca,
+        host.auth.as_ref(),
+    )
+    .await?;
+    Ok((ep.client, ep.auth, ep.url, ep.host))
 }
 
 /// Builds the client of one endpoint URL (`http(s)://host[:port]`).
