@@ -185,11 +185,13 @@ fn lease_resources(rcd: &Rcd) -> usize {
 #[test]
 fn killed_mid_download_then_pull_again() {
     // once a layer's ingest holds over 1 MiB and the pull's lease holds a blob (the config)
+    // (the slow lease check first: the ingest is checked just before the kill)
     let ready = |rcd: &Rcd| {
         let ingest = rcd.root.join("content/ingest");
-        entries(&ingest).iter().any(|e| {
-            std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
-        }) && lease_resources(rcd) > 0
+        lease_resources(rcd) > 0
+            && entries(&ingest).iter().any(|e| {
+                std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
+            })
     };
     let image = big_image();
     let (out, kept) = kill_mid_pull(&image, ready, "mid-download");
