@@ -713,3 +713,71 @@ fn kill_at_any_point_of_a_pull() {
         Vec::<String>::new()
     );
 }
+
+/// export writes an OCI layout tar with Docker's manifest.json; push sends an image to a
+/// registry under another name, and it pulls back whole; bad inputs leave nothing.
+#[test]
+fn export_and_push() {
+    let (reg, name) = registry_with_busybox();
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+    rcd.ok(&["images", "pull", &name]);
+
+    let out = tmp.path().join("busybox.tar");
+    rcd.ok(&["images", "export", out.to_str().unwrap(), &name]);
+    let list = Command::new("tar").arg("-tf").arg(&out).output().unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in ["oci-layout", "index.json", "manifest.json"] {
+        assert!(list.lines().any(|l| l == f), "{f} missing:\n{list}");
+    }
+    for d in image
+        .layer_digests()
+        .into_iter()
+        .chain([image.digest(), image.config.digest.as_str()])
+    {
+        let blob = format!("blobs/sha256/{}", &d["sha256:".len()..]);
+        assert!(list.lines().any(|l| l == blob), "{blob} missing:\n{list}");
+    }
+    // to stdout, byte for byte the same archive
+    let piped = rcd.rctr(&["images", "export", "-", &name]);
+    assert!(piped.status.success());
+    assert_eq!(piped.stdout, std::fs::read(&out).unwrap());
+    let missing = tmp.path().join("missing.tar");
+    let err = rcd.fail(&[
+        "images",
+        "export",
+        missing.to_str().unwrap(),
+        "nothing:here",
+    ]);
+    assert!(
+        err.contains("not found") && err.contains("nothing:here"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    let remote = reg.image_ref("pushed/busybox", "copy");
+    let out = rcd.ok(&["images", "push", "--plain-http", &remote, &name]);
+    assert!(
+        out.contains(&format!("{remote}: {}", image.digest())),
+        "{out}"
+    );
+    assert_eq!(
+        reg.manifest_digest("pushed/busybox", "copy")
+            .unwrap()
+            .as_deref(),
+        Some(image.digest())
+    );
+    // pushed again: the registry has every blob
+    let out = rcd.ok(&["images", "push", "--plain-http", &remote, &name]);
+    assert!(out.contains("uploaded: 0"), "{out}");
+    rcd.ok(&["-n", "other", "images", "pull", &remote]);
+    let ls = rcd.ok(&["-n", "other", "images", "ls"]);
+    assert!(ls.contains(&remote) && ls.contains(" unpacked"), "{ls}");
+
+    let err = rcd.fail(&["images", "push", &remote, "nothing:here"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = rcd.fail(&["images", "push", "Bad Ref!", &name]);
+    assert!(err.contains("invalid image reference"), "{err}");
+}

@@ -131,6 +131,30 @@ enum ImagesCommand {
     /// Unmount an image mounted with `images mount`, removing its snapshot
     #[command(alias = "umount")]
     Unmount { target: PathBuf },
+    /// Write images to OUT ("-": stdout) as an OCI image layout tar with Docker's
+    /// manifest.json (docker load, skopeo and ctr import read it)
+    Export {
+        /// Platform of an index for manifest.json (default: the daemon's)
+        #[arg(long)]
+        platform: Option<String>,
+        out: PathBuf,
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Push an image to a registry: REMOTE [LOCAL] (LOCAL defaults to REMOTE)
+    Push {
+        /// Push only this platform's manifest of an index
+        #[arg(long)]
+        platform: Option<String>,
+        /// Reach the registry over plain HTTP
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry credentials, USER:PASSWORD
+        #[arg(short, long, value_name = "USER:PASS")]
+        user: Option<String>,
+        remote: String,
+        local: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +413,18 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(st)?;
                 println!("{target}");
             }
+            ImagesCommand::Export {
+                platform,
+                out,
+                references,
+            } => export(&client, platform, out, references).await?,
+            ImagesCommand::Push {
+                platform,
+                plain_http,
+                user,
+                remote,
+                local,
+            } => push(&client, platform, plain_http, user, remote, local).await?,
             ImagesCommand::Unmount { target } => {
                 let target = absolute(&target)?;
                 client
@@ -829,7 +865,7 @@ impl Line {
             };
         }
         match self.state.as_str() {
-            "downloading" | "waiting" => format!(
+            "downloading" | "uploading" | "waiting" => format!(
                 "{what}: {:<11} {} / {}",
                 self.state,
                 human_size(self.offset),
@@ -849,20 +885,7 @@ async fn pull(
     no_unpack: bool,
     reference: String,
 ) -> Result<()> {
-    let (username, password) = match user {
-        None => (String::new(), String::new()),
-        Some(u) => match u.split_once(':') {
-            Some((u, p)) => (u.to_owned(), p.to_owned()),
-            None => {
-                // ctr prompts for the password; read it from stdin's first line instead.
-                let mut p = String::new();
-                std::io::stdin()
-                    .read_line(&mut p)
-                    .context("reading the password from stdin")?;
-                (u, p.trim_end_matches(['\r', '\n']).to_owned())
-            }
-        },
-    };
+    let (username, password) = credentials(user)?;
     let started = Instant::now();
     let mut stream = client
         .images()
@@ -963,6 +986,131 @@ async fn pull(
     )?;
     writeln!(out, "{}: {}", image.name, target.digest)?;
     Ok(())
+}
+
+/// `--user USER[:PASS]`: ctr prompts for a missing password; it is read from stdin's first
+/// line instead.
+fn credentials(user: Option<String>) -> Result<(String, String)> {
+    Ok(match user {
+        None => (String::new(), String::new()),
+        Some(u) => match u.split_once(':') {
+            Some((u, p)) => (u.to_owned(), p.to_owned()),
+            None => {
+                let mut p = String::new();
+                std::io::stdin()
+                    .read_line(&mut p)
+                    .context("reading the password from stdin")?;
+                (u, p.trim_end_matches(['\r', '\n']).to_owned())
+            }
+        },
+    })
+}
+
+async fn export(
+    client: &Client,
+    platform: Option<String>,
+    out: PathBuf,
+    references: Vec<String>,
+) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut stream = client
+        .images()
+        .export(pb::ExportImagesRequest {
+            names: references,
+            platform: platform.unwrap_or_default(),
+        })
+        .await
+        .map_err(st)?
+        .into_inner();
+    // the first message (data or error) comes before the file is made: a refused export
+    // leaves no file
+    let first = stream.message().await.map_err(st)?;
+    let to_stdout = out.as_os_str() == "-";
+    let mut sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+        ))
+    };
+    let result = async {
+        if let Some(m) = first {
+            sink.write_all(&m.data)?;
+        }
+        while let Some(m) = stream.message().await.map_err(st)? {
+            sink.write_all(&m.data)?;
+        }
+        sink.flush()?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() && !to_stdout {
+        drop(sink);
+        let _ = std::fs::remove_file(&out);
+    }
+    result
+}
+
+async fn push(
+    client: &Client,
+    platform: Option<String>,
+    plain_http: bool,
+    user: Option<String>,
+    remote: String,
+    local: Option<String>,
+) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let (username, password) = credentials(user)?;
+    let started = Instant::now();
+    let mut stream = client
+        .images()
+        .push(pb::PushImageRequest {
+            remote,
+            local: local.unwrap_or_default(),
+            platform: platform.unwrap_or_default(),
+            plain_http,
+            username,
+            password,
+        })
+        .await
+        .map_err(st)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut states: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        let Some(msg) = stream.message().await.map_err(st)? else {
+            return Err(anyhow!("rcd ended the push without a result"));
+        };
+        match msg.event {
+            // one line per state change of a blob
+            Some(pb::push_image_response::Event::Progress(p))
+                if states.get(&p.digest) != Some(&p.state) =>
+            {
+                states.insert(p.digest.clone(), p.state.clone());
+                let l = Line {
+                    digest: p.digest,
+                    kind: p.kind,
+                    state: p.state,
+                    offset: p.offset,
+                    total: p.total,
+                };
+                writeln!(out, "{}", l.render())?;
+            }
+            Some(pb::push_image_response::Event::Progress(_)) => {}
+            Some(pb::push_image_response::Event::Result(r)) => {
+                writeln!(
+                    out,
+                    "elapsed: {:.1} s    uploaded: {}    already there: {}",
+                    started.elapsed().as_secs_f64(),
+                    r.uploaded,
+                    r.skipped
+                )?;
+                writeln!(out, "{}: {}", r.name, r.digest)?;
+                return Ok(());
+            }
+            None => {}
+        }
+    }
 }
 
 fn redraw(out: &mut impl Write, lines: &[Line], drawn: &mut usize) -> Result<()> {

@@ -64,6 +64,26 @@ fn pull_status(e: &PullError) -> Status {
     }
 }
 
+fn push_status(e: &crate::push::PushError) -> Status {
+    use crate::push::PushError as E;
+    let msg = e.to_string();
+    match e {
+        E::InvalidReference { .. } | E::Config { .. } => Status::invalid_argument(msg),
+        E::Unauthorized { .. } => Status::unauthenticated(msg),
+        E::Transport { .. } => Status::unavailable(msg),
+        E::MissingContent { .. } => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn parse_platform(p: &str) -> Result<Platform, Status> {
+    if p.is_empty() {
+        return Ok(Platform::host());
+    }
+    p.parse()
+        .map_err(|e: crate::pull::InvalidPlatform| Status::invalid_argument(e.to_string()))
+}
+
 fn kind_name(k: BlobKind) -> &'static str {
     match k {
         BlobKind::Index => "index",
@@ -860,6 +880,184 @@ impl pb::images_server::Images for ImagesService {
         .await?;
         info!(namespace = %ns, target = %target.display(), "unmounted");
         Ok(Response::new(pb::UnmountImageResponse {}))
+    }
+
+    type ExportStream = Stream_<pb::ExportImagesResponse>;
+
+    async fn export(
+        &self,
+        req: Request<pb::ExportImagesRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        if req.names.is_empty() {
+            return Err(Status::invalid_argument("export: no images given"));
+        }
+        let platform = parse_platform(&req.platform)?;
+        let mut images = Vec::new();
+        for n in &req.names {
+            let rec = resolve_one(&self.0, &ns, n).await?;
+            images.push(crate::archive::ExportImage {
+                name: rec.name.clone(),
+                target: crate::archive::Descriptor::new(
+                    rec.target.media_type.clone(),
+                    rec.target.digest.clone(),
+                    rec.target.size,
+                ),
+            });
+        }
+        let d = self.0.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::ExportImagesResponse, Status>>(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            // the GC guard keeps the blobs while they are read
+            let _guard = d.md.lease().await;
+            let (writer, mut reader) = tokio::io::duplex(1 << 20);
+            let opts = crate::archive::ExportOptions {
+                platform,
+                ..Default::default()
+            };
+            let store = d.store.clone();
+            let task = tokio::spawn(async move {
+                crate::archive::export(&store, &images, writer, &opts).await
+            });
+            let mut buf = vec![0u8; 1 << 20];
+            let mut gone = false;
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let msg = pb::ExportImagesResponse {
+                            data: buf[..n].to_vec(),
+                        };
+                        if !gone && tx.send(Ok(msg)).await.is_err() {
+                            // the client went away: drain so the export ends
+                            gone = true;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("export: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+            match task.await {
+                Ok(Ok(stats)) => {
+                    info!(namespace = %ns, blobs = stats.blobs, bytes = stats.blob_bytes, "exported")
+                }
+                Ok(Err(e)) => {
+                    let status = match &e {
+                        crate::archive::ArchiveError::MissingBlob { .. } => {
+                            Status::failed_precondition(e.to_string())
+                        }
+                        crate::archive::ArchiveError::InvalidName { .. } => {
+                            Status::invalid_argument(e.to_string())
+                        }
+                        _ => Status::internal(e.to_string()),
+                    };
+                    warn!(namespace = %ns, error = %e, "export failed");
+                    let _ = tx.send(Err(status)).await;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("export task: {e}"))))
+                        .await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type PushStream = Stream_<pb::PushImageResponse>;
+
+    async fn push(
+        &self,
+        req: Request<pb::PushImageRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let remote = parse_reference(&req.remote).map_err(|e| pull_status(&e))?;
+        let local = if req.local.is_empty() {
+            remote.whole()
+        } else {
+            req.local.clone()
+        };
+        let rec = resolve_one(&self.0, &ns, &local).await?;
+        let platform = if req.platform.is_empty() {
+            None
+        } else {
+            Some(parse_platform(&req.platform)?)
+        };
+        let host = remote.registry().to_owned();
+        let mut config = self.0.puller.config().clone();
+        if req.plain_http {
+            config = config.plain_http(&host);
+        }
+        let credentials = (!req.username.is_empty()).then(|| crate::pull::Credentials {
+            username: req.username.clone(),
+            password: req.password.clone(),
+        });
+        let (tx, rx) = mpsc::channel::<Result<pb::PushImageResponse, Status>>(256);
+        let ptx = tx.clone();
+        let progress = Arc::new(move |p: &crate::push::PushProgress| {
+            let state = match p.state {
+                crate::push::PushState::Exists => "exists",
+                crate::push::PushState::Uploading => "uploading",
+                crate::push::PushState::Done => "done",
+            };
+            let ev = pb::PushImageResponse {
+                event: Some(pb::push_image_response::Event::Progress(pb::PullProgress {
+                    digest: p.digest.to_string(),
+                    kind: kind_name(p.kind).to_owned(),
+                    state: state.to_owned(),
+                    offset: p.offset,
+                    total: p.total,
+                })),
+            };
+            // byte counts may be dropped for a slow client, never a state change
+            if ptx.try_send(Ok(ev.clone())).is_err() && state != "uploading" {
+                let ptx = ptx.clone();
+                tokio::spawn(async move {
+                    let _ = ptx.send(Ok(ev)).await;
+                });
+            }
+        });
+        let opts = crate::push::PushOptions {
+            credentials,
+            platform,
+            progress: Some(progress),
+        };
+        let d = self.0.clone();
+        let target = crate::archive::Descriptor::new(
+            rec.target.media_type.clone(),
+            rec.target.digest.clone(),
+            rec.target.size,
+        );
+        let remote_name = req.remote.clone();
+        tokio::spawn(async move {
+            let _guard = d.md.lease().await;
+            let r = crate::push::push(&d.store, &config, &target, &remote_name, &opts).await;
+            drop(opts);
+            let msg = match r {
+                Ok(p) => {
+                    info!(namespace = %ns, image = %rec.name, remote = %p.name, digest = %p.digest, "pushed");
+                    Ok(pb::PushImageResponse {
+                        event: Some(pb::push_image_response::Event::Result(pb::PushResult {
+                            name: p.name,
+                            digest: p.digest.to_string(),
+                            uploaded: p.uploaded as u64,
+                            skipped: p.skipped as u64,
+                        })),
+                    })
+                }
+                Err(e) => {
+                    warn!(namespace = %ns, remote = %remote_name, error = %e, "push failed");
+                    Err(push_status(&e))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
