@@ -27,7 +27,7 @@ use crate::metadata::{
 };
 use crate::pull::{
     parse_reference, BlobKind, OciImageManifest, Platform, Progress, ProgressState, PullError,
-    PullOptions, Puller,
+    PullOptions, PulledImage, Puller,
 };
 use crate::snapshot::chain_ids;
 use chrono::Utc;
@@ -44,8 +44,6 @@ use tracing::{info, warn};
 /// How long a pull's lease protects its work after the daemon died mid-pull.
 pub const PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
 
-/// Label on a pull's lease: the reference being pulled.
-pub const LABEL_LEASE_PULL: &str = "rcd.io/pull";
 /// Labels on an image mount's snapshot: the image mounted, and where.
 pub const LABEL_MOUNT_IMAGE: &str = "rcd.io/mount.image";
 pub const LABEL_MOUNT_TARGET: &str = "rcd.io/mount.target";
@@ -345,23 +343,7 @@ async fn pull_and_record(
     events: &mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) -> Result<ImageRecord, Status> {
     let _guard = d.md.lease().await;
-    let lease_id = format!("pull-{:016x}", fastrand::u64(..));
-    let now = Utc::now();
-    let lease = LeaseRecord {
-        id: lease_id.clone(),
-        labels: Labels::from([(LABEL_LEASE_PULL.to_owned(), reference.to_owned())]),
-        created: now,
-        expires: Some(now + chrono::Duration::from_std(PULL_LEASE_TTL).unwrap()),
-        content: Default::default(),
-        snapshots: Default::default(),
-    };
-    let md = d.md.clone();
-    let ns_ = ns.to_owned();
-    blocking(move || {
-        md.write(|tx| tx.create_lease(&ns_, &lease))
-            .map_err(metadata_status)
-    })
-    .await?;
+    let lease_id = create_work_lease(d, ns, "pull", reference).await?;
     let result = async {
         // Each blob joins the lease as soon as it is in the store (a few per transaction),
         // so that a daemon killed mid-pull keeps what it finished.
@@ -397,76 +379,127 @@ async fn pull_and_record(
         // the pull's own error first: it says more than the lease's
         let pulled = pulled.map_err(|e| pull_status(&e))?;
         leased.map_err(|e| Status::internal(format!("lease task: {e}")))??;
-        let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
-        blobs.extend(pulled.index_digest.clone());
-        for l in &pulled.layers {
-            blobs.push(Digest::parse(&l.digest).map_err(|e| Status::internal(e.to_string()))?);
-        }
-        add_to_lease(d, ns, &lease_id, blobs, vec![]).await?;
-        let unpacked = if unpack {
-            let layers = ImageLayers::try_from(&pulled).map_err(image_status)?;
-            // the chain IDs join the lease before they exist: each layer is kept as soon as
-            // it is committed
-            let diff_ids = diff_ids(&d.store, &layers.config)
-                .await
-                .map_err(image_status)?;
-            let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
-            add_to_lease(d, ns, &lease_id, vec![], chains).await?;
-            let unpack_event = |state: &str, offset: usize| pb::PullResponse {
-                event: Some(pb::pull_response::Event::Progress(pb::PullProgress {
-                    digest: layers.config.to_string(),
-                    kind: "unpack".into(),
-                    state: state.into(),
-                    offset: offset as u64,
-                    total: layers.layers.len() as u64,
-                })),
-            };
-            // a client that went away does not stop the pull
-            let _ = events.send(Ok(unpack_event("unpacking", 0))).await;
-            let u = unpack_image(ns, &layers, &d.store, &d.snapshotter)
-                .await
-                .map_err(|e| {
-                    Status::internal(format!(
-                        "{}: unpacking: {}",
-                        pulled.name,
-                        image_status(e).message()
-                    ))
-                })?;
-            let _ = events.send(Ok(unpack_event("done", u.applied))).await;
-            u
-        } else {
-            Unpacked {
-                diff_ids: vec![],
-                chain_ids: vec![],
-                applied: 0,
-            }
-        };
-        record_image(
-            ns,
-            &pulled.name,
-            &pulled,
-            &unpacked,
-            &d.store,
-            &d.snapshotter,
-            Labels::new(),
-        )
-        .await
-        .map_err(image_status)
+        unpack_and_record(d, ns, &lease_id, &pulled, unpack, Some(events)).await
     }
     .await;
     // recorded or failed: the lease has done its work either way (what a failed pull
     // fetched is collected, its ingests stay for the next try)
+    delete_work_lease(d, ns, lease_id).await;
+    result
+}
+
+/// Creates a lease for work on `what` (a pull or an import), expiring after
+/// [`PULL_LEASE_TTL`]; its id.
+async fn create_work_lease(
+    d: &Daemon,
+    ns: &str,
+    label: &str,
+    what: &str,
+) -> Result<String, Status> {
+    let id = format!("{label}-{:016x}", fastrand::u64(..));
+    let now = Utc::now();
+    let lease = LeaseRecord {
+        id: id.clone(),
+        labels: Labels::from([(format!("rcd.io/{label}"), what.to_owned())]),
+        created: now,
+        expires: Some(now + chrono::Duration::from_std(PULL_LEASE_TTL).unwrap()),
+        content: Default::default(),
+        snapshots: Default::default(),
+    };
+    let md = d.md.clone();
+    let ns_ = ns.to_owned();
+    blocking(move || {
+        md.write(|tx| tx.create_lease(&ns_, &lease))
+            .map_err(metadata_status)
+    })
+    .await?;
+    Ok(id)
+}
+
+/// Deletes a work lease (logged, not failed: it expires anyway).
+async fn delete_work_lease(d: &Daemon, ns: &str, id: String) {
     let md = d.md.clone();
     let ns_ = ns.to_owned();
     let deleted = blocking(move || {
-        md.write(|tx| tx.delete_lease(&ns_, &lease_id))
+        md.write(|tx| tx.delete_lease(&ns_, &id))
             .map_err(metadata_status)
     })
     .await;
     if let Err(e) = deleted {
-        warn!(namespace = %ns, error = %e.message(), "deleting a pull's lease");
+        warn!(namespace = %ns, error = %e.message(), "deleting a lease");
     }
-    result
+}
+
+/// The second half of a pull or an import: every blob of `pulled` (in the store) into the
+/// lease, the chain IDs too, the unpack (unless `unpack` is false; its progress on `events`),
+/// then the record.
+async fn unpack_and_record(
+    d: &Daemon,
+    ns: &str,
+    lease_id: &str,
+    pulled: &PulledImage,
+    unpack: bool,
+    events: Option<&mpsc::Sender<Result<pb::PullResponse, Status>>>,
+) -> Result<ImageRecord, Status> {
+    let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
+    blobs.extend(pulled.index_digest.clone());
+    for l in &pulled.layers {
+        blobs.push(Digest::parse(&l.digest).map_err(|e| Status::internal(e.to_string()))?);
+    }
+    add_to_lease(d, ns, lease_id, blobs, vec![]).await?;
+    let unpacked = if unpack {
+        let layers = ImageLayers::try_from(pulled).map_err(image_status)?;
+        // the chain IDs join the lease before they exist: each layer is kept as soon as
+        // it is committed
+        let diff_ids = diff_ids(&d.store, &layers.config)
+            .await
+            .map_err(image_status)?;
+        let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
+        add_to_lease(d, ns, lease_id, vec![], chains).await?;
+        let unpack_event = |state: &str, offset: usize| pb::PullResponse {
+            event: Some(pb::pull_response::Event::Progress(pb::PullProgress {
+                digest: layers.config.to_string(),
+                kind: "unpack".into(),
+                state: state.into(),
+                offset: offset as u64,
+                total: layers.layers.len() as u64,
+            })),
+        };
+        // a client that went away does not stop the pull
+        if let Some(ev) = events {
+            let _ = ev.send(Ok(unpack_event("unpacking", 0))).await;
+        }
+        let u = unpack_image(ns, &layers, &d.store, &d.snapshotter)
+            .await
+            .map_err(|e| {
+                Status::internal(format!(
+                    "{}: unpacking: {}",
+                    pulled.name,
+                    image_status(e).message()
+                ))
+            })?;
+        if let Some(ev) = events {
+            let _ = ev.send(Ok(unpack_event("done", u.applied))).await;
+        }
+        u
+    } else {
+        Unpacked {
+            diff_ids: vec![],
+            chain_ids: vec![],
+            applied: 0,
+        }
+    };
+    record_image(
+        ns,
+        &pulled.name,
+        pulled,
+        &unpacked,
+        &d.store,
+        &d.snapshotter,
+        Labels::new(),
+    )
+    .await
+    .map_err(image_status)
 }
 
 /// Adds the digests arriving on `rx` to the lease, batching what has queued up.
