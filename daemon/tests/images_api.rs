@@ -781,3 +781,69 @@ fn export_and_push() {
     let err = rcd.fail(&["images", "push", "Bad Ref!", &name]);
     assert!(err.contains("invalid image reference"), "{err}");
 }
+
+/// import of a Docker `save` archive and of rcd's own export (round trip): recorded,
+/// unpacked, mountable content; a bad archive is refused and leaves nothing.
+#[test]
+fn import_archives() {
+    let (_reg, name) = registry_with_busybox();
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+
+    // docker save shape
+    let docker = tmp.path().join("docker.tar");
+    image
+        .write_docker_archive(&docker, "example.com/saved:1")
+        .unwrap();
+    let out = rcd.ok(&["-n", "imp", "images", "import", docker.to_str().unwrap()]);
+    assert!(out.starts_with("example.com/saved:1: sha256:"), "{out}");
+    let ls = rcd.ok(&["-n", "imp", "images", "ls"]);
+    assert!(
+        ls.contains("example.com/saved:1") && ls.contains(" unpacked"),
+        "{ls}"
+    );
+    let doc = json(&rcd.ok(&["-n", "imp", "images", "inspect", "example.com/saved:1"]));
+    assert_eq!(
+        doc["configDescriptor"]["digest"],
+        image.config.digest.as_str()
+    );
+
+    // round trip: rcd's export imports back as the same image
+    rcd.ok(&["images", "pull", &name]);
+    let tar = tmp.path().join("export.tar");
+    rcd.ok(&["images", "export", tar.to_str().unwrap(), &name]);
+    let out = rcd.ok(&[
+        "-n",
+        "round",
+        "images",
+        "import",
+        "--no-unpack",
+        tar.to_str().unwrap(),
+    ]);
+    assert_eq!(out, format!("{name}: {}\n", image.digest()));
+    let ls = rcd.ok(&["-n", "round", "images", "ls"]);
+    assert!(
+        ls.contains("not unpacked") && !ls.contains("broken"),
+        "{ls}"
+    );
+
+    // garbage: refused, nothing new in the store, no ingests
+    let before = rcd.ok(&["content", "ls", "-q"]);
+    let bad = tmp.path().join("bad.tar");
+    std::fs::write(&bad, b"not an archive at all").unwrap();
+    let err = rcd.fail(&["-n", "bad", "images", "import", bad.to_str().unwrap()]);
+    assert!(err.contains("import"), "{err}");
+    assert_eq!(rcd.ok(&["-n", "bad", "images", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["content", "ls", "-q"]), before);
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+    let err = rcd.fail(&[
+        "images",
+        "import",
+        tmp.path().join("nope.tar").to_str().unwrap(),
+    ]);
+    assert!(err.contains("opening") && err.contains("nope.tar"), "{err}");
+}

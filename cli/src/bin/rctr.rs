@@ -141,6 +141,20 @@ enum ImagesCommand {
         #[arg(required = true)]
         references: Vec<String>,
     },
+    /// Import images from an archive ("-": stdin): an OCI image layout or a Docker `save` tar,
+    /// plain, gzip or zstd; every named image is recorded and unpacked
+    Import {
+        /// Name for images an OCI layout names by tag only (BASE:tag)
+        #[arg(long)]
+        base_name: Option<String>,
+        /// Record only; do not unpack into snapshots
+        #[arg(long)]
+        no_unpack: bool,
+        /// The platform of an index to record and unpack (default: the daemon's)
+        #[arg(long)]
+        platform: Option<String>,
+        file: PathBuf,
+    },
     /// Push an image to a registry: REMOTE [LOCAL] (LOCAL defaults to REMOTE)
     Push {
         /// Push only this platform's manifest of an index
@@ -418,6 +432,12 @@ async fn run(cli: Cli) -> Result<()> {
                 out,
                 references,
             } => export(&client, platform, out, references).await?,
+            ImagesCommand::Import {
+                base_name,
+                no_unpack,
+                platform,
+                file,
+            } => import(&client, base_name, no_unpack, platform, file).await?,
             ImagesCommand::Push {
                 platform,
                 plain_http,
@@ -1049,6 +1069,79 @@ async fn export(
         let _ = std::fs::remove_file(&out);
     }
     result
+}
+
+async fn import(
+    client: &Client,
+    base_name: Option<String>,
+    no_unpack: bool,
+    platform: Option<String>,
+    file: PathBuf,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut input: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if file.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?,
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let name = file.display().to_string();
+    let reader = tokio::spawn(async move {
+        let mut first = Some(pb::ImportImagesRequest {
+            data: Vec::new(),
+            base_name: base_name.unwrap_or_default(),
+            no_unpack,
+            platform: platform.unwrap_or_default(),
+        });
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = input
+                .read(&mut buf)
+                .await
+                .with_context(|| format!("reading {name}"))?;
+            buf.truncate(n);
+            let msg = match first.take() {
+                Some(mut m) => {
+                    m.data = buf;
+                    m
+                }
+                None if n == 0 => break,
+                None => pb::ImportImagesRequest {
+                    data: buf,
+                    ..Default::default()
+                },
+            };
+            if tx.send(msg).await.is_err() || n == 0 {
+                break;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let result = client
+        .images()
+        .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader.await.context("reading the archive")??;
+    let r = result.map_err(st)?.into_inner();
+    for i in &r.images {
+        println!(
+            "{}: {}",
+            i.name,
+            i.target.clone().unwrap_or_default().digest
+        );
+    }
+    if r.unnamed > 0 {
+        eprintln!(
+            "rctr: {} image(s) without a name skipped (--base-name names OCI tags)",
+            r.unnamed
+        );
+    }
+    Ok(())
 }
 
 async fn push(

@@ -502,6 +502,82 @@ async fn unpack_and_record(
     .map_err(image_status)
 }
 
+/// What an imported image `target` holds for `platform`, as a pull would have found it: an
+/// index's matching manifest (present in the store), its config and layers.
+async fn imported_image(
+    d: &Daemon,
+    name: &str,
+    target: &crate::archive::Descriptor,
+    platform: &Platform,
+) -> Result<PulledImage, Status> {
+    let bad = |reason: String| Status::invalid_argument(format!("import of {name}: {reason}"));
+    let read = |digest: Digest| async move {
+        d.store
+            .read_all(&digest)
+            .await
+            .map_err(super::service::content_status)
+    };
+    let (index_digest, manifest_desc) =
+        if target.media_type.contains("index") || target.media_type.contains("manifest.list") {
+            let data = read(target.digest.clone()).await?;
+            let index: crate::pull::OciImageIndex =
+                serde_json::from_slice(&data).map_err(|e| bad(format!("index: {e}")))?;
+            let mut chosen = None;
+            let mut available = Vec::new();
+            for m in &index.manifests {
+                let Some(p) = &m.platform else { continue };
+                let p = Platform::new(
+                    &p.os.to_string(),
+                    &p.architecture.to_string(),
+                    p.variant.as_deref(),
+                );
+                let digest = Digest::parse(&m.digest).map_err(|e| bad(e.to_string()))?;
+                if !d.store.exists(&digest).await.unwrap_or(false) {
+                    continue;
+                }
+                available.push(p.to_string());
+                if chosen.is_none() && platform.matches(&p) {
+                    chosen = Some((digest, m.media_type.clone()));
+                }
+            }
+            let chosen = chosen.ok_or_else(|| {
+                Status::not_found(format!(
+                "import of {name}: no manifest for platform {platform} in the archive (it has: {})",
+                available.join(", ")
+            ))
+            })?;
+            (Some(target.digest.clone()), chosen)
+        } else {
+            (None, (target.digest.clone(), target.media_type.clone()))
+        };
+    let data = read(manifest_desc.0.clone()).await?;
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&data).map_err(|e| bad(format!("manifest: {e}")))?;
+    let config_digest = Digest::parse(&manifest.config.digest).map_err(|e| bad(e.to_string()))?;
+    let config = read(config_digest.clone()).await?;
+    #[derive(serde::Deserialize)]
+    struct ConfigPlatform {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        variant: Option<String>,
+    }
+    let cp: ConfigPlatform =
+        serde_json::from_slice(&config).map_err(|e| bad(format!("config: {e}")))?;
+    Ok(PulledImage {
+        name: name.to_owned(),
+        index_digest,
+        manifest_digest: manifest_desc.0,
+        manifest_media_type: manifest_desc.1,
+        layers: manifest.layers.clone(),
+        manifest,
+        config_digest,
+        platform: Platform::new(&cp.os, &cp.architecture, cp.variant.as_deref()),
+        endpoint: "archive".into(),
+    })
+}
+
 /// Adds the digests arriving on `rx` to the lease, batching what has queued up.
 async fn lease_blobs(
     md: Metadata,
@@ -1091,6 +1167,63 @@ impl pb::images_server::Images for ImagesService {
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<pb::ImportImagesRequest>>,
+    ) -> Result<Response<pb::ImportImagesResponse>, Status> {
+        use futures_util::StreamExt;
+        let ns = namespace(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("import: no archive sent"))?;
+        let platform = parse_platform(&first.platform)?;
+        let opts = crate::archive::ImportOptions {
+            base_name: (!first.base_name.is_empty()).then(|| first.base_name.clone()),
+            ..Default::default()
+        };
+        let unpack = !first.no_unpack;
+        let chunks = futures_util::stream::iter([Ok(first)])
+            .chain(stream)
+            .map(|m| {
+                m.map(|m| std::io::Cursor::new(m.data))
+                    .map_err(|s| std::io::Error::other(s.message().to_owned()))
+            });
+        let reader = tokio_util::io::StreamReader::new(chunks);
+        let d = &self.0;
+        let _guard = d.md.lease().await;
+        let imported = crate::archive::import(&d.store, reader, &opts)
+            .await
+            .map_err(|e| match e {
+                crate::archive::ArchiveError::Write(_)
+                | crate::archive::ArchiveError::Content(_) => {
+                    Status::internal(format!("import: {e}"))
+                }
+                // the archive is what the client sent
+                e => Status::invalid_argument(format!("import: {e}")),
+            })?;
+        let lease_id = create_work_lease(d, &ns, "import", "archive").await?;
+        let result = async {
+            let mut images = Vec::new();
+            let mut unnamed = 0;
+            for i in &imported {
+                let Some(name) = &i.name else {
+                    unnamed += 1;
+                    continue;
+                };
+                let pulled = imported_image(d, name, &i.target, &platform).await?;
+                let rec = unpack_and_record(d, &ns, &lease_id, &pulled, unpack, None).await?;
+                info!(namespace = %ns, image = %rec.name, digest = %rec.target.digest, "imported");
+                images.push(view(d, &ns, &rec).await.0);
+            }
+            Ok::<_, Status>(pb::ImportImagesResponse { images, unnamed })
+        }
+        .await;
+        delete_work_lease(d, &ns, lease_id).await;
+        Ok(Response::new(result?))
     }
 }
 
