@@ -72,7 +72,7 @@ pub struct Service {
     containers: Mutex<HashMap<String, Container>>,
     cv: Condvar,
     namespace: String,
-    shutdown: Mutex<std::sync::mpsc::Sender<()>>,
+    shutdown: std::sync::atomic::AtomicBool,
 }
 
 fn ts(t: SystemTime) -> MessageField<Timestamp> {
@@ -153,20 +153,20 @@ fn check_id(what: &str, id: &str) -> Result<(), Error> {
 }
 
 impl Service {
-    pub fn new(
-        reaper: Arc<Reaper>,
-        events: Publisher,
-        namespace: String,
-        shutdown: std::sync::mpsc::Sender<()>,
-    ) -> Service {
+    pub fn new(reaper: Arc<Reaper>, events: Publisher, namespace: String) -> Service {
         Service {
             reaper,
             events,
             containers: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
             namespace,
-            shutdown: Mutex::new(shutdown),
+            shutdown: Default::default(),
         }
+    }
+
+    /// Whether Shutdown asked the process to end (it then raises SIGUSR1).
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {
@@ -997,7 +997,10 @@ impl containerd_shim_protos::Task for Service {
         let empty_ = self.lock().is_empty();
         if empty_ || req.now {
             tracing::info!(now = req.now, "shutting down");
-            let _ = self.shutdown.lock().unwrap().send(());
+            self.shutdown
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGUSR1);
         }
         Ok(empty())
     }
