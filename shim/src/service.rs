@@ -228,8 +228,6 @@ impl Service {
         );
         p.exit = Some(e);
         p.status = Status::STOPPED;
-        // The stdin writer kept for the process is of no use any more.
-        p.held.stdin_keep = None;
         write_exit_file(bundle, cid, exec_id, &e);
         let mut m = ev::TaskExit::new();
         m.container_id = cid.into();
@@ -553,6 +551,9 @@ impl Service {
             if let Some(s) = &p.spec {
                 let _ = std::fs::remove_file(s);
             }
+            drop(all);
+            // A Wait on a process that never ran ends now, with not found.
+            self.cv.notify_all();
             resp.pid = p.pid.max(0) as u32;
             if let Some(e) = p.exit {
                 resp.exit_status = e.status;
@@ -920,12 +921,9 @@ impl containerd_shim_protos::Task for Service {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> Res<api::Empty> {
-        self.with(&req.id, &req.exec_id, |_, p| {
-            if req.stdin {
-                p.held.stdin_keep = None;
-            }
-            Ok(())
-        })?;
+        // The process holds the stdin FIFO itself and reads EOF when the client closes its
+        // writer; with a tty, the copier ends on that hang-up. Nothing to close here.
+        self.with(&req.id, &req.exec_id, |_, _| Ok(()))?;
         Ok(empty())
     }
 

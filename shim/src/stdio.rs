@@ -2,9 +2,9 @@
 //!
 //! Without a terminal the process gets the FIFOs themselves, no copying: the shim keeps a
 //! reader open on each output FIFO (so the process never dies of SIGPIPE when the client goes
-//! away, and nothing written before the client opens its end is lost) and a writer on the
-//! input FIFO (so the process does not read EOF before the client opens it) until CloseIO.
-//! The client sees EOF on the output once the process and everything it forked close it.
+//! away, and nothing written before the client opens its end is lost). The client sees EOF
+//! on the output once the process and everything it forked close it; the process reads EOF
+//! on stdin once the client closes its writer (so CloseIO has nothing left to do for it).
 //!
 //! With a terminal the runtime sends the pty master over a console socket and one small
 //! thread copies between it and the FIFOs.
@@ -15,14 +15,13 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::Error;
 
 /// What the shim holds for a process's life.
 #[derive(Default)]
 pub struct Held {
-    /// Writer on the stdin FIFO; dropped on CloseIO so the process reads EOF.
-    pub stdin_keep: Option<File>,
     /// Readers on output FIFOs.
     pub readers: Vec<File>,
     /// The pty master (for ResizePty).
@@ -94,37 +93,59 @@ fn open_output(uri: &str, what: &str, held: &mut Held) -> Result<Option<File>, E
     Ok(Some(f))
 }
 
-fn open_input(uri: &str, held: &mut Held, keep: bool) -> Result<Option<File>, Error> {
+/// How long Create/Start wait for the client to open its end of the stdin FIFO.
+const STDIN_RENDEZVOUS: Duration = Duration::from_secs(10);
+
+fn open_input(uri: &str, for_copier: bool) -> Result<Option<File>, Error> {
     let Some(p) = target(uri, "stdin")? else {
         return Ok(None);
     };
     if !is_fifo(&p) {
         return Ok(Some(File::open(&p).map_err(io_err("stdin", &p))?));
     }
-    if keep {
-        let w = OpenOptions::new()
+    if for_copier {
+        // Polled: a reader opened before the client's writer sees neither data nor hang-up
+        // until the client has come and gone.
+        let r = OpenOptions::new()
             .read(true)
-            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&p)
             .map_err(io_err("stdin", &p))?;
-        held.stdin_keep = Some(w);
-        let r = File::open(&p).map_err(io_err("stdin", &p))?;
         return Ok(Some(r));
     }
-    // For the tty copier: non-blocking, it polls.
-    let r = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&p)
-        .map_err(io_err("stdin", &p))?;
-    Ok(Some(r))
+    // The process reads the FIFO itself, so it must not get it before the client's writer
+    // is there (it would read EOF at once), and the shim must not hold a writer (it would
+    // never read EOF). A blocking open meets the client's open; a client that never comes
+    // is met by a writer of our own that closes at once: the process reads EOF.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = p.clone();
+    std::thread::Builder::new()
+        .name("stdin-open".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = tx.send(File::open(&path));
+        })
+        .map_err(|e| Error::Io("starting the stdin opener".into(), e))?;
+    let opened = match rx.recv_timeout(STDIN_RENDEZVOUS) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(path = %p.display(), "no client opened stdin: the process reads EOF");
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&p);
+            rx.recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("stdin opener vanished")))
+        }
+    };
+    Ok(Some(opened.map_err(io_err("stdin", &p))?))
 }
 
 /// Opens the stdio of a process without a terminal.
 pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(Held, ForChild), Error> {
     let mut held = Held::default();
     let child = ForChild {
-        stdin: open_input(stdin, &mut held, true)?,
+        stdin: open_input(stdin, false)?,
         stdout: open_output(stdout, "stdout", &mut held)?,
         stderr: open_output(stderr, "stderr", &mut held)?,
     };
@@ -213,7 +234,7 @@ pub fn start_tty_copy(
     stdout: &str,
     held: &mut Held,
 ) -> Result<(), Error> {
-    let input = open_input(stdin, held, false)?;
+    let input = open_input(stdin, true)?;
     let output = open_output(stdout, "stdout", held)?;
     let master = master
         .try_clone()
