@@ -314,11 +314,10 @@ fn delete(a: &Args) -> Result<()> {
 
 /// Resident memory is what bounds the number of shims a node holds. The kernel maps the
 /// pages around every page of a file that faults in ("fault-around", 64 KiB), so most of
-/// the binary's and libc's code ends up resident though little of it ever runs. Once
-/// start-up is over, mark the read-only file mappings as randomly accessed (no fault-around)
-/// and drop the executable ones, which were never written: what the shim then runs faults
-/// back in page by page.
-fn drop_mapped_text() {
+/// the binary's and libc's code ends up resident though little of it runs while a shim
+/// idles. After start-up and after a task starts (then the shim mostly waits), drop the
+/// executable file mappings, which are never written: what runs next faults back in.
+pub(crate) fn drop_mapped_text() {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };

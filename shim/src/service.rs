@@ -529,6 +529,7 @@ impl Service {
             );
             pid
         };
+        crate::drop_mapped_text();
         let mut resp = api::StartResponse::new();
         resp.pid = pid as u32;
         Ok(resp)
