@@ -931,9 +931,14 @@ impl containerd_shim_protos::Task for Service {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> Res<api::Empty> {
-        // The process holds the stdin FIFO itself and reads EOF when the client closes its
-        // writer; with a tty, the copier ends on that hang-up. Nothing to close here.
-        self.with(&req.id, &req.exec_id, |_, _| Ok(()))?;
+        self.with(&req.id, &req.exec_id, |_, p| {
+            if req.stdin {
+                if let Some(s) = &p.held.stdin {
+                    s.close();
+                }
+            }
+            Ok(())
+        })?;
         Ok(empty())
     }
 
