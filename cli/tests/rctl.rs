@@ -116,7 +116,11 @@ fn run_with(mut cmd: Command, stdin: Option<&[u8]>, hold_stdin: bool, timeout: D
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("rctl timed out after {timeout:?}");
+            panic!(
+                "rctl timed out after {timeout:?}; stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&ro.join().unwrap()),
+                String::from_utf8_lossy(&re.join().unwrap())
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -209,6 +213,17 @@ fn rctl_against_containerd_cri() {
     let insp = env.json(&["inspecti", &busybox]);
     assert_eq!(insp["status"]["id"], img["id"]);
     env.fails(&["inspecti", "no.such/image:x"], "no such image");
+    let dig = env.ok(&["images", "--digests", "--no-trunc", "rtest/busybox"]);
+    assert!(dig.lines().next().unwrap().contains("DIGEST"), "{dig}");
+    assert!(
+        dig.contains(img["id"].as_str().unwrap().trim_start_matches("sha256:")),
+        "{dig}"
+    );
+    let verbose = env.ok(&["images", "-v"]);
+    assert!(
+        verbose.contains(&format!("RepoTags: {busybox}")),
+        "{verbose}"
+    );
     let yaml = env.ok(&["images", "-o", "yaml"]);
     assert!(yaml.contains("repoTags:"), "{yaml}");
 
@@ -461,8 +476,62 @@ fn rctl_against_containerd_cri() {
     env.ok(&["update", "--memory", "64m", &cid]);
 
     // events: containerd 1.6 does not stream them (or does; either way no hang)
-    let ev = run_timeout(env.cmd(&["events"]), None, Duration::from_secs(5 * 60)).status;
-    let _ = ev;
+    let ev = run_timeout(env.cmd(&["events"]), None, Duration::from_secs(5 * 60));
+    // Debian's containerd 1.6 has no GetContainerEvents: a clear error naming the endpoint.
+    let err = String::from_utf8_lossy(&ev.stderr);
+    assert_eq!(ev.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("does not implement") && err.contains(&format!("{}", env.sock.display())),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&sp.stdout).contains("web"),
+        "{sp:?}"
+    );
+
+    // attach: stdin to a container reading one line, over both transports
+    for transport in ["spdy", "websocket"] {
+        let cfg = env.write(
+            &format!("ctr-cat-{transport}.json"),
+            &serde_json::json!({
+                "metadata": {"name": format!("cat-{transport}")},
+                "image": {"image": busybox},
+                "command": ["sh", "-c", "read x; echo got-$x"],
+                "stdin": true,
+                "log_path": format!("cat-{transport}/0.log"),
+            }),
+        );
+        let cat = env
+            .ok(&[
+                "create",
+                &pod,
+                cfg.to_str().unwrap(),
+                pod_cfg.to_str().unwrap(),
+            ])
+            .trim()
+            .to_owned();
+        env.ok(&["start", &cat]);
+        // The container ends by itself once it has read a line: attach then ends too.
+        let o = run_with(
+            env.cmd(&["attach", "-i", "--transport", transport, &cat]),
+            Some(b"attached-input\n"),
+            true,
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "got-attached-input\n",
+            "{transport}: {o:?}"
+        );
+        assert!(o.status.success(), "{o:?}");
+        // The runtime records the exit a moment after the streams end.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while env.json(&["inspect", &cat])["status"]["state"] != "CONTAINER_EXITED" {
+            assert!(Instant::now() < deadline, "{cat} did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        env.ok(&["rm", "-f", &cat]);
+    }
 
     // bad inputs against a live runtime
     env.fails(&["inspect", "0000000000000000dead"], "0000000000000000dead");

@@ -1585,15 +1585,24 @@ async fn logs_cmd(c: &Cri, a: &LogsArgs) -> Result<i32> {
     let cri2 = c.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        logs::print_log(Path::new(&path), &opts, follow, || {
-            handle.block_on(async {
-                container_status(&cri2, &id, false)
-                    .await
-                    .ok()
-                    .and_then(|r| r.status)
-                    .is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
-            })
-        })
+        let (out, err) = (std::io::stdout(), std::io::stderr());
+        let (mut out, mut err) = (out.lock(), err.lock());
+        logs::print_log(
+            Path::new(&path),
+            &opts,
+            follow,
+            || {
+                handle.block_on(async {
+                    container_status(&cri2, &id, false)
+                        .await
+                        .ok()
+                        .and_then(|r| r.status)
+                        .is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+                })
+            },
+            &mut out,
+            &mut err,
+        )
     })
     .await??;
     Ok(0)

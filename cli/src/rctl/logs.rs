@@ -145,6 +145,8 @@ pub fn print_log(
     opts: &Options,
     follow: bool,
     mut running: impl FnMut() -> bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<()> {
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("opening log file {}", path.display()))?;
@@ -153,9 +155,7 @@ pub fn print_log(
         .with_context(|| format!("reading log file {}", path.display()))?;
     // A last line without its newline is still being written: keep it for later.
     let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let (out, err) = (std::io::stdout(), std::io::stderr());
-    let (mut out, mut err) = (out.lock(), err.lock());
-    let mut p = Printer::new(opts, &mut out, &mut err);
+    let mut p = Printer::new(opts, out, err);
     for e in initial_entries(&data[..complete], opts.tail) {
         if !p.print(&e)? {
             return Ok(());
@@ -273,5 +273,43 @@ mod tests {
         };
         assert_eq!(render(&since), ("three\n".into(), "two\n".into()));
         assert!(parse_line(b"garbage").is_none());
+    }
+
+    #[test]
+    fn follows_across_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, "2024-01-01T00:00:00Z stdout F before\n").unwrap();
+        let p2 = path.clone();
+        let writer = std::thread::spawn(move || {
+            let append = |line: &str| {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&p2).unwrap();
+                f.write_all(line.as_bytes()).unwrap();
+            };
+            std::thread::sleep(Duration::from_millis(200));
+            // A line written in two pieces is printed once whole.
+            append("2024-01-01T00:00:01Z stdout F gro");
+            std::thread::sleep(Duration::from_millis(150));
+            append("wing\n");
+            std::thread::sleep(Duration::from_millis(200));
+            // kubelet's rotation: rename, then the runtime reopens a fresh file.
+            std::fs::rename(&p2, p2.with_extension("log.1")).unwrap();
+            std::fs::write(&p2, "2024-01-01T00:00:02Z stderr F after\n").unwrap();
+        });
+        let start = std::time::Instant::now();
+        let (mut o, mut e) = (vec![], vec![]);
+        print_log(
+            &path,
+            &Options::default(),
+            true,
+            || start.elapsed() < Duration::from_millis(1500),
+            &mut o,
+            &mut e,
+        )
+        .unwrap();
+        writer.join().unwrap();
+        assert_eq!(String::from_utf8(o).unwrap(), "before\ngrowing\n");
+        assert_eq!(String::from_utf8(e).unwrap(), "after\n");
     }
 }
