@@ -710,3 +710,78 @@ fn rctl_bad_inputs_without_a_runtime() {
     let comp = ok(&["completion", "bash"]);
     assert!(comp.contains("rctl"));
 }
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Not a test: timings of rctl against containerd 1.6's CRI (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn rctl_containerd_timings() {
+    const PODS: usize = 10;
+    let reg = Registry::start().expect("registry");
+    reg.push(pause_image(), "rtest/pause", "3.10").unwrap();
+    reg.push(busybox_image(), "rtest/busybox", "latest")
+        .unwrap();
+    let busybox = reg.image_ref("rtest/busybox", "latest");
+    let cri = CriConfig::new(&reg.image_ref("rtest/pause", "3.10"), &[reg.host()]);
+    let ctd = Containerd::start_cri(cri.clone()).expect("containerd with CRI");
+    let env = Env {
+        sock: ctd.address(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(env.dir.path().join("crictl.yaml"), "").unwrap();
+    let timed = |args: &[&str]| {
+        let t = Instant::now();
+        let out = env.ok(args);
+        (t.elapsed(), out)
+    };
+    let version = median((0..20).map(|_| timed(&["version"]).0).collect());
+    env.ok(&["pull", &busybox]);
+    let ctr = env.write(
+        "ctr.json",
+        &serde_json::json!({"metadata": {"name": "sleeper"}, "image": {"image": busybox}, "command": ["sleep", "600"]}),
+    );
+    let mut starts = vec![];
+    for i in 0..PODS {
+        let pod_cfg = pod_config(&env, &cri, &format!("bench{i}"));
+        let t = Instant::now();
+        let pod = env
+            .ok(&["runp", pod_cfg.to_str().unwrap()])
+            .trim()
+            .to_owned();
+        let cid = env
+            .ok(&[
+                "create",
+                &pod,
+                ctr.to_str().unwrap(),
+                pod_cfg.to_str().unwrap(),
+            ])
+            .trim()
+            .to_owned();
+        env.ok(&["start", &cid]);
+        starts.push(t.elapsed());
+    }
+    let total: Duration = starts.iter().sum();
+    let pods = median((0..20).map(|_| timed(&["pods", "-q"]).0).collect());
+    let ps = median((0..20).map(|_| timed(&["ps", "-q"]).0).collect());
+    let cid = env.ok(&["ps", "-q", "-l"]).trim().to_owned();
+    let exec = median(
+        (0..10)
+            .map(|_| timed(&["exec", "-s", &cid, "true"]).0)
+            .collect(),
+    );
+    let exec_spdy = median((0..10).map(|_| timed(&["exec", &cid, "true"]).0).collect());
+    eprintln!(
+        "rctl vs containerd 1.6 CRI: version {version:?}; pod+container to running: median {:?}, {PODS} in a row {total:?}; with {PODS} pods: pods -q {pods:?}, ps -q {ps:?}; exec -s {exec:?}; exec (spdy) {exec_spdy:?}",
+        median(starts.clone())
+    );
+    let t = Instant::now();
+    env.ok(&["rm", "-f", "-a"]);
+    env.ok(&["rmp", "-f", "-a"]);
+    eprintln!("rm -f -a + rmp -f -a of {PODS} pods: {:?}", t.elapsed());
+    let left = ctd.stop().unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
