@@ -459,6 +459,43 @@ fn rctl_against_containerd_cri() {
         );
     }
     drop(pf);
+    // A port nothing listens on: the local connection closes and the runtime's error is shown.
+    let mut pf = KillOnDrop(
+        env.cmd(&["port-forward", &pod, ":9999"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut so = pf.0.stdout.take().unwrap();
+    let mut first = vec![];
+    let mut b = [0u8; 1];
+    while first.last() != Some(&b'\n') && so.read(&mut b).unwrap() == 1 {
+        first.push(b[0]);
+    }
+    let first = String::from_utf8_lossy(&first).into_owned();
+    let port: u16 = first
+        .trim()
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|r| r.split_once(' '))
+        .and_then(|(p, _)| p.parse().ok())
+        .unwrap_or_else(|| panic!("port-forward said {first:?}"));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut resp = vec![];
+    let _ = s.read_to_end(&mut resp);
+    assert!(resp.is_empty(), "{resp:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pf.0.kill();
+    let mut err = String::new();
+    pf.0.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("error forwarding port 9999"), "{err:?}");
+    drop(pf);
 
     // stats, update
     let stats = env.ok(&["stats"]);

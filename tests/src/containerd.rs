@@ -743,6 +743,22 @@ mod tests {
     }
 
     #[test]
+    fn finds_netns_names_in_the_log() {
+        let log = "level=debug msg=\"x\" netns=/var/run/netns/cni-1a2b-3c\n\
+                   path /var/run/netns/cni-1a2b-3c again, /var/run/netns/cni-ff\"";
+        assert_eq!(netns_in(log), ["cni-1a2b-3c", "cni-ff"]);
+        assert!(netns_in("nothing here").is_empty());
+    }
+
+    #[test]
+    fn cri_names_are_per_process_and_valid() {
+        let c = CriConfig::new("127.0.0.1:5000/pause:3.10", &[]);
+        assert!(c.bridge.len() <= 15, "{}", c.bridge);
+        assert!(c.subnet.starts_with("10.") && c.subnet.ends_with(".0/24"));
+        assert!(c.toml().contains("restrict_oom_score_adj = true"));
+    }
+
+    #[test]
     fn shim_socket_matches_containerd() {
         // Observed from containerd 1.6.20 for address /tmp/scratch/ctd/ctd.sock, ns rtest, id c6.
         assert_eq!(
