@@ -148,7 +148,10 @@ pub fn spawn_stdin(
     });
 }
 
+/// What client-go's SPDY executor offers; over SPDY v5 behaves as v4 (its close signal is for
+/// WebSocket), and containerd 1.6 picks v4.
 const REMOTECOMMAND_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
     "v4.channel.k8s.io",
     "v3.channel.k8s.io",
     "v2.channel.k8s.io",
