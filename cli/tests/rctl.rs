@@ -162,7 +162,16 @@ fn rctl_against_containerd_cri() {
     reg.push(busybox_image(), "rtest/busybox", "latest")
         .unwrap();
     let busybox = reg.image_ref("rtest/busybox", "latest");
-    let cri = CriConfig::new(&reg.image_ref("rtest/pause", "3.10"), &[reg.host()]);
+    let private = Registry::builder()
+        .htpasswd("rctl", "s3cret")
+        .start()
+        .expect("registry with auth");
+    // Another image than busybox: removing an image removes all its names.
+    private.push(pause_image(), "rtest/private", "v1").unwrap();
+    let cri = CriConfig::new(
+        &reg.image_ref("rtest/pause", "3.10"),
+        &[reg.host(), private.host()],
+    );
     let ctd = Containerd::start_cri(cri.clone()).expect("containerd with CRI");
     let env = Env {
         sock: ctd.address(),
@@ -224,6 +233,26 @@ fn rctl_against_containerd_cri() {
         verbose.contains(&format!("RepoTags: {busybox}")),
         "{verbose}"
     );
+    // registry auth: refused without, pulled with --creds, and with --auth + --pod-config
+    let secret = private.image_ref("rtest/private", "v1");
+    let denied = env.fails(&["pull", &secret], &format!("pulling image {secret}"));
+    assert!(denied.contains("401"), "{denied}");
+    env.ok(&["pull", "--creds", "rctl:s3cret", &secret]);
+    assert!(env.ok(&["rmi", &secret]).contains("Deleted"));
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("rctl:s3cret")
+    };
+    let for_pod = pod_config(&env, &cri, "puller");
+    env.ok(&[
+        "pull",
+        "--auth",
+        &auth,
+        "--pod-config",
+        for_pod.to_str().unwrap(),
+        &secret,
+    ]);
+    assert!(env.ok(&["rmi", &secret]).contains("Deleted"));
     let yaml = env.ok(&["images", "-o", "yaml"]);
     assert!(yaml.contains("repoTags:"), "{yaml}");
 
