@@ -172,12 +172,18 @@ pub enum Cmd {
         tty: bool,
         #[arg(long, value_enum, default_value = "spdy")]
         transport: Transport,
+        /// Connect to this streaming URL instead of asking the runtime for one (debugging)
+        #[arg(long, hide = true)]
+        url: Option<String>,
         container: String,
     },
     /// Forward local ports to a pod: POD [LOCAL:]REMOTE...
     PortForward {
         #[arg(long, value_enum, default_value = "spdy")]
         transport: Transport,
+        /// Connect to this streaming URL instead of asking the runtime for one (debugging)
+        #[arg(long, hide = true)]
+        url: Option<String>,
         pod: String,
         #[arg(required = true)]
         ports: Vec<String>,
@@ -367,6 +373,9 @@ pub struct ExecArgs {
     pub tty: bool,
     #[arg(long, value_enum, default_value = "spdy")]
     pub transport: Transport,
+    /// Connect to this streaming URL instead of asking the runtime for one (debugging)
+    #[arg(long, hide = true)]
+    pub url: Option<String>,
     pub container: String,
     #[arg(required = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -571,13 +580,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
             stdin,
             tty,
             transport,
+            url,
             container,
-        } => attach(&c, stdin, tty, transport, &container).await,
+        } => attach(&c, stdin, tty, transport, url, &container).await,
         Cmd::PortForward {
             transport,
+            url,
             pod,
             ports,
-        } => port_forward(&c, transport, &pod, &ports).await,
+        } => port_forward(&c, transport, url, &pod, &ports).await,
         Cmd::Stats(a) => stats(&c, &a).await,
         Cmd::Statsp(a) => statsp(&c, &a).await,
         Cmd::Update(a) => update(&c, &a).await,
@@ -1634,6 +1645,13 @@ async fn exec(c: &Cri, a: &ExecArgs) -> Result<i32> {
         std::io::stdout().flush()?;
         return Ok(r.exit_code);
     }
+    if let Some(url) = &a.url {
+        let io = Io {
+            stdin: a.interactive,
+            tty: a.tty,
+        };
+        return stream_io(url, io, a.transport).await;
+    }
     let url = c
         .runtime
         .clone()
@@ -1669,7 +1687,17 @@ async fn stream_io(url: &str, io: Io, transport: Transport) -> Result<i32> {
     }
 }
 
-async fn attach(c: &Cri, stdin: bool, tty: bool, transport: Transport, id: &str) -> Result<i32> {
+async fn attach(
+    c: &Cri,
+    stdin: bool,
+    tty: bool,
+    transport: Transport,
+    url: Option<String>,
+    id: &str,
+) -> Result<i32> {
+    if let Some(url) = url {
+        return stream_io(&url, Io { stdin, tty }, transport).await;
+    }
     let url = c
         .runtime
         .clone()
@@ -1710,11 +1738,17 @@ pub fn parse_port(s: &str) -> Result<(u16, u16)> {
     Ok((l, r))
 }
 
-async fn port_forward(c: &Cri, transport: Transport, pod: &str, ports: &[String]) -> Result<i32> {
-    if transport == Transport::Websocket {
-        bail!("port-forward speaks only SPDY (--transport spdy)");
-    }
+async fn port_forward(
+    c: &Cri,
+    transport: Transport,
+    url: Option<String>,
+    pod: &str,
+    ports: &[String],
+) -> Result<i32> {
     let parsed: Vec<(u16, u16)> = ports.iter().map(|p| parse_port(p)).collect::<Result<_>>()?;
+    if let Some(url) = url {
+        return forward(&url, transport, parsed).await;
+    }
     let url = c
         .runtime
         .clone()
@@ -1726,6 +1760,10 @@ async fn port_forward(c: &Cri, transport: Transport, pod: &str, ports: &[String]
         .map_err(|e| c.rt_err(&format!("port-forward to pod {pod}"), e))?
         .into_inner()
         .url;
+    forward(&url, transport, parsed).await
+}
+
+async fn forward(url: &str, transport: Transport, parsed: Vec<(u16, u16)>) -> Result<i32> {
     let mut listeners = vec![];
     for (l, r) in parsed {
         let lis = tokio::net::TcpListener::bind(("127.0.0.1", l))
@@ -1739,7 +1777,7 @@ async fn port_forward(c: &Cri, transport: Transport, pod: &str, ports: &[String]
     }
     use std::io::Write;
     std::io::stdout().flush()?;
-    stream::port_forward_spdy(&url, listeners).await?;
+    stream::port_forward(url, transport, listeners).await?;
     Ok(0)
 }
 

@@ -4,8 +4,9 @@
 //! in `daemon/src/streaming/spdy`), compiled in here: they are symmetric and have no server
 //! state.
 //!
-//! Flow control: a per-stream WINDOW_UPDATE is sent for everything received (rcd's server
-//! waits for them); outgoing data is not held back by windows, as spdystream does not.
+//! Flow control: WINDOW_UPDATEs (stream and session level) are sent for everything received
+//! (rcd's server waits for them once it has seen one); outgoing data is not held back by
+//! windows, as spdystream does not (rcd's server and kubelet's accept that).
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -82,7 +83,78 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String)>
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-stream-protocol-version"))
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_default();
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, wr) = tcp.into_split();
+    Ok((start(rd, wr), chosen))
+}
+
+/// Connects to `url` as a WebSocket with the `SPDY/3.1+portforward.k8s.io` subprotocol and runs
+/// a SPDY session inside its binary messages (client-go's WebSocket port-forward tunnel).
+pub async fn connect_ws_tunnel(url: &str) -> Result<Session> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    const PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+    let (hostport, path) = split_url(url)?;
+    let tcp = TcpStream::connect(&hostport)
+        .await
+        .with_context(|| format!("connecting to the streaming server at {hostport}"))?;
+    tcp.set_nodelay(true)?;
+    let mut req = format!("ws://{hostport}{path}").into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", PROTOCOL.parse()?);
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| anyhow::anyhow!("websocket upgrade to {hostport}: {e}"))?;
+    let chosen = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if chosen != PROTOCOL {
+        bail!("the streaming server does not tunnel SPDY port forwarding over websocket (use --transport spdy)");
+    }
+    let (mut sink, mut source) = ws.split();
+    // The SPDY session runs over one end of an in-memory pipe; the other end is bridged to
+    // WebSocket messages.
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut prd, mut pwr) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match prd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            match m {
+                Message::Binary(b) if pwr.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = pwr.shutdown().await;
+    });
+    let (rd, wr) = tokio::io::split(ours);
+    Ok(start(rd, wr))
+}
+
+/// Runs a client session over an established byte stream.
+fn start<R, W>(mut rd: R, mut wr: W) -> Session
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     tokio::spawn(async move {
         let mut enc = HeaderEncoder::new();
@@ -125,10 +197,13 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String)>
                     let inbox = s.streams.lock().unwrap().get(&stream_id).cloned();
                     if let Some(inbox) = inbox {
                         if !data.is_empty() {
-                            let _ = s.out.send(Frame::WindowUpdate {
-                                stream_id,
-                                delta: data.len() as u32,
-                            });
+                            // SPDY/3.1 windows are per stream and per session (stream 0).
+                            for id in [stream_id, 0] {
+                                let _ = s.out.send(Frame::WindowUpdate {
+                                    stream_id: id,
+                                    delta: data.len() as u32,
+                                });
+                            }
                             let _ = inbox.send(Some(data));
                         }
                         if fin {
@@ -170,7 +245,7 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<(Session, String)>
             let _ = inbox.send(None);
         }
     });
-    Ok((session, chosen))
+    session
 }
 
 impl Session {

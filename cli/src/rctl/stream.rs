@@ -201,13 +201,23 @@ pub async fn remotecommand_spdy(url: &str, io: Io) -> Result<i32> {
     exit_from_status(&protocol, &status)
 }
 
-/// Forwards each `(local listener, remote port)` over SPDY `portforward.k8s.io` until
-/// interrupted.
-pub async fn port_forward_spdy(
+/// Forwards each `(local listener, remote port)` over SPDY `portforward.k8s.io` (on its own
+/// connection, or tunnelled in WebSocket messages) until interrupted.
+pub async fn port_forward(
     url: &str,
+    transport: Transport,
     listeners: Vec<(tokio::net::TcpListener, u16)>,
 ) -> Result<()> {
-    let (session, _) = spdy::connect(url, &["portforward.k8s.io"]).await?;
+    let session = match transport {
+        Transport::Spdy => {
+            let (session, chosen) = spdy::connect(url, &["portforward.k8s.io"]).await?;
+            if !chosen.is_empty() && chosen != "portforward.k8s.io" {
+                bail!("the streaming server chose an unknown port-forward protocol {chosen:?}");
+            }
+            session
+        }
+        Transport::Websocket => spdy::connect_ws_tunnel(url).await?,
+    };
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = vec![];
     for (listener, remote) in listeners {
