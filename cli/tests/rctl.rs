@@ -488,6 +488,18 @@ fn rctl_against_containerd_cri() {
         );
     }
     drop(pf);
+    // containerd 1.6 has no SPDY-in-WebSocket tunnel: a clear refusal, not a hang.
+    let o = run_timeout(
+        env.cmd(&["port-forward", "--transport", "websocket", &pod, ":8080"]),
+        None,
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused port forwarding over websocket"),
+        "{err}"
+    );
     // A port nothing listens on: the local connection closes and the runtime's error is shown.
     let mut pf = KillOnDrop(
         env.cmd(&["port-forward", &pod, ":9999"])

@@ -101,9 +101,14 @@ pub async fn connect_ws_tunnel(url: &str) -> Result<Session> {
     let mut req = format!("ws://{hostport}{path}").into_client_request()?;
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", PROTOCOL.parse()?);
-    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map_err(|e| anyhow::anyhow!("websocket upgrade to {hostport}: {e}"))?;
+    let (ws, resp) = match tokio_tungstenite::client_async(req, tcp).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => bail!(
+            "the streaming server at {hostport} refused port forwarding over websocket ({}): use --transport spdy",
+            r.status()
+        ),
+        Err(e) => bail!("websocket upgrade to {hostport}: {e}"),
+    };
     let chosen = resp
         .headers()
         .get("Sec-WebSocket-Protocol")
