@@ -56,6 +56,8 @@ pub struct Containerd {
     cgroups: Mutex<Vec<String>>,
     /// The environment added at start, for [`Containerd::kill9_and_restart`].
     env: Vec<(String, String)>,
+    /// Set when the CRI plugin is on.
+    cri: Option<CriConfig>,
 }
 
 impl Containerd {
@@ -73,6 +75,33 @@ impl Containerd {
     /// `{dir}` in it for the temp dir). `env` is added to containerd's environment (and so
     /// its shims'). Waits until the socket answers.
     pub fn start(extra_toml: &str, env: &[(&str, &str)]) -> Result<Containerd> {
+        Self::start_inner(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]",
+            extra_toml,
+            env,
+            None,
+        )
+    }
+
+    /// Starts containerd with its CRI plugin on (see [`CriConfig`]): the `k8s.io` namespace
+    /// for the `ctr` helpers, a test-owned CNI bridge network, the sandbox image pulled over
+    /// plain HTTP from a loopback registry. Teardown also removes the bridge, the pods'
+    /// network namespaces and the cgroup parent.
+    pub fn start_cri(cri: CriConfig) -> Result<Containerd> {
+        let toml = cri.toml();
+        let parent = cri.cgroup_parent.clone();
+        let mut ctd = Self::start_inner("", &toml, &[], Some(cri))?;
+        ctd.namespace = "k8s.io".into();
+        ctd.cgroups.lock().unwrap().push(parent);
+        Ok(ctd)
+    }
+
+    fn start_inner(
+        head: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        cri: Option<CriConfig>,
+    ) -> Result<Containerd> {
         Self::binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("rtest-ctd-")
@@ -83,7 +112,7 @@ impl Containerd {
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{head}
 
 [grpc]
   address = "{d}/containerd.sock"
@@ -100,6 +129,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 "#,
             extra = extra_toml.replace("{dir}", &d)
         );
+        if let Some(cri) = &cri {
+            cri.write_files(dir.path())?;
+        }
         std::fs::write(dir.path().join("config.toml"), config)?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -113,6 +145,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             ids: Mutex::new(vec![]),
             cgroups: Mutex::new(vec![]),
             env,
+            cri,
         };
         ctd.wait_ready(Duration::from_secs(30))?;
         Ok(ctd)
@@ -370,9 +403,46 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
 
+        if let Some(cri) = &self.cri {
+            // Network namespaces the pods left (named in containerd's log), then the bridge.
+            let log =
+                std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+            for ns in netns_in(&log) {
+                let p = Path::new(NETNS_DIR).join(&ns);
+                if p.exists() {
+                    left.mounts.push(p.display().to_string());
+                    let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+            if Path::new("/sys/class/net").join(&cri.bridge).exists() {
+                let _ = Command::new("ip")
+                    .args(["link", "del", &cri.bridge])
+                    .output();
+            }
+        }
+
         for cg in &cgroups {
+            // Pods' and containers' cgroups below a handed-out parent, deepest first.
             for dir in cgroup_dirs(cg) {
-                left.cgroups.push(dir.display().to_string());
+                let mut subs = vec![];
+                collect_subdirs(&dir, &mut subs);
+                subs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+                for sub in subs {
+                    for pid in read_pids(&sub.join("cgroup.procs")) {
+                        left.processes.push(format!("{pid} in {}", sub.display()));
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    left.cgroups.push(sub.display().to_string());
+                    rmdir_retry(&sub, Duration::from_secs(5));
+                }
+                // The CRI pods' parent is expected to stay; only what is below it is left over.
+                if self.cri.as_ref().is_none_or(|c| c.cgroup_parent != *cg) {
+                    left.cgroups.push(dir.display().to_string());
+                }
                 rmdir_retry(&dir, Duration::from_secs(5));
             }
         }
@@ -458,6 +528,117 @@ pub fn shims_of(id: &str) -> Vec<(i32, Vec<String>)> {
             .is_some_and(|a0| a0.contains("containerd-shim"))
             && argv.windows(2).any(|w| w[0] == "-id" && w[1] == id)
     })
+}
+
+/// Where containerd 1.6 mounts pod network namespaces (fixed, whatever its state dir).
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// What the CRI plugin of a private containerd uses. Every name is unique to the test process
+/// so instances never clash: bridge `rctl<n>`, subnet `10.<a>.<b>.0/24`, cgroup parent.
+#[derive(Debug, Clone)]
+pub struct CriConfig {
+    /// The sandbox image (e.g. pushed to a loopback registry).
+    pub sandbox_image: String,
+    /// `host:port` of registries spoken to over plain HTTP.
+    pub plain_http: Vec<String>,
+    pub bridge: String,
+    pub subnet: String,
+    /// Give this to pods as `linux.cgroup_parent`; removed at teardown.
+    pub cgroup_parent: String,
+}
+
+impl CriConfig {
+    pub fn new(sandbox_image: &str, plain_http: &[String]) -> CriConfig {
+        let pid = std::process::id();
+        CriConfig {
+            sandbox_image: sandbox_image.into(),
+            plain_http: plain_http.to_vec(),
+            bridge: format!("rctl{}", pid % 100_000),
+            subnet: format!("10.{}.{}.0/24", 200 + (pid / 250) % 50, pid % 250),
+            cgroup_parent: format!("/rtest-cri-{pid}"),
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{{dir}}/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{{dir}}/certs.d"
+"#,
+            sandbox = self.sandbox_image
+        )
+    }
+
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let cni = dir.join("cni");
+        std::fs::create_dir_all(&cni)?;
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": format!("rtest-{}", self.bridge),
+            "plugins": [{
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": self.subnet}]],
+                    "dataDir": dir.join("cni-ipam").display().to_string(),
+                },
+            }],
+        });
+        std::fs::write(cni.join("10-rtest.conflist"), conf.to_string())?;
+        for host in &self.plain_http {
+            let d = dir.join("certs.d").join(host);
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(
+                d.join("hosts.toml"),
+                format!(
+                    "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `cni-<uuid>` names of network namespaces mentioned in a containerd log.
+fn netns_in(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for (i, _) in log.match_indices("/var/run/netns/cni-") {
+        let rest = &log[i + "/var/run/netns/".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if name.len() > 4 && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+fn collect_subdirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+                collect_subdirs(&e.path(), out);
+            }
+        }
+    }
 }
 
 /// A `/bin/sh` script in `dir` that appends `<runtime> <its arguments>` to `log`, then execs
@@ -638,6 +819,22 @@ mod tests {
     fn unescapes_mountinfo() {
         assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn finds_netns_names_in_the_log() {
+        let log = "level=debug msg=\"x\" netns=/var/run/netns/cni-1a2b-3c\n\
+                   path /var/run/netns/cni-1a2b-3c again, /var/run/netns/cni-ff\"";
+        assert_eq!(netns_in(log), ["cni-1a2b-3c", "cni-ff"]);
+        assert!(netns_in("nothing here").is_empty());
+    }
+
+    #[test]
+    fn cri_names_are_per_process_and_valid() {
+        let c = CriConfig::new("127.0.0.1:5000/pause:3.10", &[]);
+        assert!(c.bridge.len() <= 15, "{}", c.bridge);
+        assert!(c.subnet.starts_with("10.") && c.subnet.ends_with(".0/24"));
+        assert!(c.toml().contains("restrict_oom_score_adj = true"));
     }
 
     #[test]
