@@ -13,4 +13,5 @@ pub mod pull;
 pub mod push;
 pub mod server;
 pub mod snapshot;
+pub mod spec;
 pub mod unpack;
