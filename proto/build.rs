@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rcd/v1/version.proto",
         "proto/rcd/v1/images.proto",
         "proto/rcd/v1/content.proto",
+        "proto/rcd/v1/snapshots.proto",
+        "proto/rcd/v1/leases.proto",
         "proto/rcd/v1/containers.proto",
         "proto/rcd/v1/tasks.proto",
         "proto/rcd/v1/namespaces.proto",

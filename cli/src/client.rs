@@ -1,7 +1,8 @@
 //! Connecting to rcd's gRPC socket and calling it in a namespace.
 
 use rcd_proto::v1::{
-    content_client::ContentClient, images_client::ImagesClient, version_client::VersionClient,
+    content_client::ContentClient, images_client::ImagesClient, leases_client::LeasesClient,
+    snapshots_client::SnapshotsClient, version_client::VersionClient,
 };
 use rcd_proto::{valid_namespace, NAMESPACE_HEADER};
 use std::io;
@@ -127,6 +128,14 @@ impl Client {
 
     pub fn content(&self) -> ContentClient<Svc> {
         ContentClient::with_interceptor(self.channel.clone(), self.namespace.clone())
+    }
+
+    pub fn snapshots(&self) -> SnapshotsClient<Svc> {
+        SnapshotsClient::with_interceptor(self.channel.clone(), self.namespace.clone())
+    }
+
+    pub fn leases(&self) -> LeasesClient<Svc> {
+        LeasesClient::with_interceptor(self.channel.clone(), self.namespace.clone())
     }
 }
 

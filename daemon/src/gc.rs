@@ -1,8 +1,9 @@
 //! Garbage collection: mark and sweep over the metadata, as containerd's (simplified).
 //!
 //! Roots, in every namespace: images (their target digest), blobs and snapshots labelled
-//! [`LABEL_GC_ROOT`], active snapshots and views (containers' root filesystems; leases and
-//! containers will be roots of their own later), and snapshots this process holds
+//! [`LABEL_GC_ROOT`], the blobs and snapshots of leases that have not expired (expired ones
+//! are deleted), active snapshots and views (mounts, containers' root filesystems;
+//! containers become roots of their own in `other_roots`), and snapshots this process holds
 //! ([`Snapshotter::hold`], e.g. layers being extracted). An extraction snapshot (labelled
 //! [`LABEL_SNAPSHOT_REF`]) that is not held was left by a crashed unpack and is collected.
 //!
@@ -12,14 +13,15 @@
 //! in one transaction, every unmarked content and snapshot record, then the unmarked
 //! snapshots' directories and every blob in the store no namespace reaches.
 //!
-//! [`collect`] takes the collector's lock ([`Metadata::gc_lock`]): it waits for every
-//! [`crate::metadata::Lease`] (pulls and unpacks in progress) and keeps new ones waiting.
+//! [`collect`] also takes the collector's in-process lock ([`Metadata::gc_lock`]): it waits
+//! for every [`crate::metadata::Lease`] guard (pulls and unpacks in progress, between a blob's
+//! commit and its entry in their lease record) and keeps new ones waiting.
 
 use crate::content::{ContentError, ContentStore, Digest};
 use crate::image::LABEL_SNAPSHOT_REF;
 use crate::metadata::{
-    Metadata, MetadataError, SnapshotKind, LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT,
-    LABEL_GC_ROOT,
+    ContentRecord, Metadata, MetadataError, SnapshotKind, SnapshotRecord, WriteTx,
+    LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, LABEL_GC_ROOT,
 };
 use crate::snapshot::{SnapshotError, Snapshotter};
 use std::collections::{HashMap, HashSet};
@@ -48,6 +50,10 @@ pub struct GcStats {
     pub snapshots: Vec<(String, String)>,
     /// Content records removed (a blob may have one per namespace).
     pub content_records: usize,
+    /// Expired leases removed.
+    pub leases: usize,
+    /// Bytes of the blobs deleted.
+    pub bytes: u64,
     pub elapsed: Duration,
 }
 
@@ -63,7 +69,10 @@ pub async fn collect(store: &ContentStore, snapshotter: &Snapshotter) -> Result<
     for info in store.list().await? {
         if !live.contains(&info.digest) {
             match store.delete(&info.digest).await {
-                Ok(()) | Err(ContentError::NotFound(_)) => stats.blobs.push(info.digest),
+                Ok(()) | Err(ContentError::NotFound(_)) => {
+                    stats.bytes += info.size;
+                    stats.blobs.push(info.digest)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -79,11 +88,126 @@ pub async fn collect(store: &ContentStore, snapshotter: &Snapshotter) -> Result<
     Ok(stats)
 }
 
+/// What one namespace's roots reach: blobs and snapshot keys.
+#[derive(Debug, Default)]
+struct Marked {
+    blobs: HashSet<Digest>,
+    snapshots: HashSet<String>,
+}
+
+/// Follows `gc.ref.*` labels from `blobs` and parents from `snaps` (see the module docs).
+fn mark(
+    ns: &str,
+    contents: &HashMap<Digest, ContentRecord>,
+    snapshots: &HashMap<String, SnapshotRecord>,
+    mut blob_queue: Vec<Digest>,
+    mut snap_queue: Vec<String>,
+) -> Marked {
+    let mut m = Marked::default();
+    while let Some(d) = blob_queue.pop() {
+        if !m.blobs.insert(d.clone()) {
+            continue;
+        }
+        let Some(rec) = contents.get(&d) else {
+            continue;
+        };
+        for (k, v) in &rec.labels {
+            if k.starts_with(LABEL_GC_REF_CONTENT) {
+                match Digest::parse(v) {
+                    Ok(d) => blob_queue.push(d),
+                    Err(e) => {
+                        warn!(ns, digest = %rec.digest, label = %k, error = %e, "ignoring bad gc label")
+                    }
+                }
+            } else if k.starts_with(LABEL_GC_REF_SNAPSHOT) {
+                snap_queue.push(v.clone());
+            }
+        }
+    }
+    while let Some(k) = snap_queue.pop() {
+        if !m.snapshots.insert(k.clone()) {
+            continue;
+        }
+        if let Some(p) = snapshots.get(&k).and_then(|r| r.parent.clone()) {
+            snap_queue.push(p);
+        }
+    }
+    m
+}
+
+/// Roots that later record kinds add: HOOK for containers (issue 4). A container keeps its
+/// image's target blob and its rootfs snapshot key: when the containers table lands, return
+/// them here from `tx` (blob digests, snapshot keys) and the collector keeps them.
+fn other_roots(_tx: &WriteTx<'_>, _ns: &str) -> Result<(Vec<Digest>, Vec<String>), GcError> {
+    Ok((Vec::new(), Vec::new()))
+}
+
+/// The blobs that images reach, in any namespace, each with one image (namespace, name)
+/// that reaches it: what `content rm` must not delete while the image is there.
+pub fn image_content(md: &Metadata) -> Result<HashMap<Digest, (String, String)>, GcError> {
+    md.read(|tx| -> Result<_, GcError> {
+        let mut out = HashMap::new();
+        for ns in tx.namespaces()? {
+            let contents: HashMap<Digest, _> = tx
+                .contents(&ns)?
+                .into_iter()
+                .map(|c| (c.digest.clone(), c))
+                .collect();
+            for image in tx.images(&ns)? {
+                let m = mark(
+                    &ns,
+                    &contents,
+                    &HashMap::new(),
+                    vec![image.target.digest.clone()],
+                    Vec::new(),
+                );
+                for d in m.blobs {
+                    out.entry(d)
+                        .or_insert_with(|| (ns.clone(), image.name.clone()));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The snapshots that the images of namespace `ns` use (their layer chains), each with one
+/// image name: what `snapshots rm` must refuse.
+pub fn image_snapshots(md: &Metadata, ns: &str) -> Result<HashMap<String, String>, GcError> {
+    md.read(|tx| -> Result<_, GcError> {
+        let contents: HashMap<Digest, _> = tx
+            .contents(ns)?
+            .into_iter()
+            .map(|c| (c.digest.clone(), c))
+            .collect();
+        let snapshots: HashMap<String, _> = tx
+            .snapshots(ns)?
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect();
+        let mut out = HashMap::new();
+        for image in tx.images(ns)? {
+            let m = mark(
+                ns,
+                &contents,
+                &snapshots,
+                vec![image.target.digest.clone()],
+                Vec::new(),
+            );
+            for k in m.snapshots {
+                out.entry(k).or_insert_with(|| image.name.clone());
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Marks, removes unmarked records (one transaction) and snapshot dirs; returns the blobs
 /// that are still referenced.
 fn sweep_metadata(md: &Metadata, s: &Snapshotter) -> Result<(HashSet<Digest>, GcStats), GcError> {
     let mut stats = GcStats::default();
     let mut live_blobs = HashSet::new();
+    let now = chrono::Utc::now();
     let removed_ids = md.write(|tx| -> Result<Vec<u64>, GcError> {
         let mut ids = Vec::new();
         for ns in tx.namespaces()? {
@@ -99,9 +223,13 @@ fn sweep_metadata(md: &Metadata, s: &Snapshotter) -> Result<(HashSet<Digest>, Gc
                 .map(|r| (r.key.clone(), r))
                 .collect();
 
-            // roots
-            let mut blob_queue: Vec<Digest> =
-                tx.images(ns)?.into_iter().map(|i| i.target.digest).collect();
+            // roots: images, gc.root labels, live leases, active snapshots and views, held
+            // snapshots, and what later record kinds keep
+            let mut blob_queue: Vec<Digest> = tx
+                .images(ns)?
+                .into_iter()
+                .map(|i| i.target.digest)
+                .collect();
             blob_queue.extend(
                 contents
                     .values()
@@ -120,49 +248,39 @@ fn sweep_metadata(md: &Metadata, s: &Snapshotter) -> Result<(HashSet<Digest>, Gc
                 })
                 .map(|r| r.key.clone())
                 .collect();
+            for lease in tx.leases(ns)? {
+                if lease.expired(now) {
+                    tx.delete_lease(ns, &lease.id)?;
+                    stats.leases += 1;
+                    debug!(ns, lease = %lease.id, "removed expired lease");
+                    continue;
+                }
+                blob_queue.extend(lease.content);
+                snap_queue.extend(lease.snapshots);
+            }
+            let (blobs, snaps) = other_roots(tx, ns)?;
+            blob_queue.extend(blobs);
+            snap_queue.extend(snaps);
 
-            // mark
-            let mut blobs = HashSet::new();
-            while let Some(d) = blob_queue.pop() {
-                if !blobs.insert(d.clone()) {
-                    continue;
-                }
-                let Some(rec) = contents.get(&d) else { continue };
-                for (k, v) in &rec.labels {
-                    if k.starts_with(LABEL_GC_REF_CONTENT) {
-                        match Digest::parse(v) {
-                            Ok(d) => blob_queue.push(d),
-                            Err(e) => warn!(ns, digest = %rec.digest, label = %k, error = %e, "ignoring bad gc label"),
-                        }
-                    } else if k.starts_with(LABEL_GC_REF_SNAPSHOT) {
-                        snap_queue.push(v.clone());
-                    }
-                }
-            }
-            let mut snaps = HashSet::new();
-            while let Some(k) = snap_queue.pop() {
-                if !snaps.insert(k.clone()) {
-                    continue;
-                }
-                if let Some(p) = snapshots.get(&k).and_then(|r| r.parent.clone()) {
-                    snap_queue.push(p);
-                }
-            }
+            let marked = mark(ns, &contents, &snapshots, blob_queue, snap_queue);
 
             // sweep the records (unmarked snapshots have no marked children: a marked
             // snapshot marks its parent)
-            for d in contents.keys().filter(|d| !blobs.contains(*d)) {
+            for d in contents.keys().filter(|d| !marked.blobs.contains(*d)) {
                 tx.delete_content(ns, d)?;
                 stats.content_records += 1;
                 debug!(ns, digest = %d, "removed content record");
             }
-            for r in snapshots.values().filter(|r| !snaps.contains(&r.key)) {
+            for r in snapshots
+                .values()
+                .filter(|r| !marked.snapshots.contains(&r.key))
+            {
                 tx.delete_snapshot(ns, &r.key)?;
                 ids.push(r.id);
                 stats.snapshots.push((ns.to_owned(), r.key.clone()));
                 debug!(ns, key = %r.key, "removed snapshot record");
             }
-            live_blobs.extend(blobs);
+            live_blobs.extend(marked.blobs);
         }
         Ok(ids)
     })?;

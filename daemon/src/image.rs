@@ -470,6 +470,12 @@ pub async fn record_image(
         labels,
         created: now,
         updated: now,
+        manifest: Some(Target {
+            media_type: pulled.manifest_media_type.clone(),
+            digest: pulled.manifest_digest.clone(),
+            size: store.info(&pulled.manifest_digest).await?.size,
+        }),
+        platform: Some(pulled.platform.to_string()),
     };
     let (ns2, rec2) = (ns.to_owned(), record.clone());
     let index = pulled.index_digest.clone();

@@ -2,171 +2,12 @@
 //! root/state/socket, a real registry on loopback. Build `rctr` first
 //! (`cargo build -p rcd-cli`); it is looked for next to `rcd`.
 
-use rtest::{busybox_image, spawn_tied, Registry};
-use sha2::{Digest as _, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn rctr_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_rcd")).with_file_name("rctr");
-    assert!(
-        p.exists(),
-        "{} missing: build it first (cargo build -p rcd-cli)",
-        p.display()
-    );
-    p
-}
-
-/// A running `rcd`; SIGTERM'ed (then killed) and reaped on drop.
-struct Rcd {
-    child: Option<Child>,
-    root: PathBuf,
-    state: PathBuf,
-    address: PathBuf,
-    /// rcd's arguments
-    args: Vec<std::ffi::OsString>,
-    log: PathBuf,
-}
-
-impl Rcd {
-    /// A daemon with its own root, state and socket under `dir`.
-    fn start(dir: &Path) -> Rcd {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("config.toml");
-        // No mirrors: loopback registries are reached directly over plain HTTP.
-        std::fs::write(&config, "log_level = \"debug\"\n").unwrap();
-        let (root, state, address) = (
-            dir.join("root"),
-            dir.join("state"),
-            dir.join("state/rcd.sock"),
-        );
-        let args = vec![
-            "--config".into(),
-            config.into(),
-            "--root".into(),
-            root.clone().into(),
-            "--state".into(),
-            state.clone().into(),
-            "--address".into(),
-            address.clone().into(),
-        ];
-        let mut d = Rcd {
-            child: None,
-            root,
-            state,
-            address,
-            args,
-            log: dir.join("rcd.log"),
-        };
-        d.spawn();
-        d
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rcd"));
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let mut child = spawn_tied(cmd).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&self.address).is_ok() {
-                break;
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("rcd exited {st} at start:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rcd did not start:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait; the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("rcd running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("rcd ignored SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn rctr(&self, args: &[&str]) -> Output {
-        rctr(&self.address, args)
-    }
-
-    /// Runs rctr, expecting success; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.rctr(args);
-        assert!(
-            out.status.success(),
-            "rctr {args:?}: {}\nstdout: {}\nstderr: {}\nrcd log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Rcd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn rctr(address: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(rctr_bin());
-    cmd.arg("--address")
-        .arg(address)
-        .args(args)
-        .env_remove("RCD_ADDRESS")
-        .env_remove("RCD_NAMESPACE")
-        .stdin(Stdio::null());
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = spawn_tied(cmd).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
+use common::{rctr, sha256, Rcd};
+use rtest::{busybox_image, Registry};
+use std::process::Command;
+use std::time::Instant;
 
 /// The whole slice: pull with progress, ls, content ls/get, namespaces, rm, restart.
 #[test]
@@ -195,6 +36,11 @@ fn pull_list_content_remove_restart() {
     }
     assert!(
         out.contains(&format!("{name}: {}", image.digest())),
+        "{out}"
+    );
+    // unpacked into the layer's snapshot (one layer: chain ID = diff ID)
+    assert!(
+        out.contains(&format!("unpacked linux/amd64 {}: ", image.diff_ids()[0])),
         "{out}"
     );
 
@@ -238,21 +84,18 @@ fn pull_list_content_remove_restart() {
     assert!(again.contains("exists"), "{again}");
 
     // rm: gone from the list; rm of a missing image names it, exit 1.
-    assert_eq!(rcd.ok(&["images", "rm", &name]), format!("{name}\n"));
+    assert_eq!(
+        rcd.ok(&["images", "rm", "--sync", &name]),
+        format!("{name}\n")
+    );
     assert_eq!(rcd.ok(&["images", "ls", "-q"]), "");
-    let out = rcd.rctr(&["images", "rm", &name]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = rcd.fail(&["images", "rm", &name]);
     assert!(err.contains("not found") && err.contains(&name), "{err}");
 
-    // content rm
-    rcd.ok(&["content", "rm", &image.config.digest]);
-    assert!(!rcd
-        .ok(&["content", "ls", "-q"])
-        .contains(&image.config.digest));
-    let out = rcd.rctr(&["content", "get", &image.config.digest]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // the collector took every blob of the image with it
+    assert_eq!(rcd.ok(&["content", "ls", "-q"]), "");
+    let err = rcd.fail(&["content", "get", &image.config.digest]);
+    assert!(err.contains("not found"), "{err}");
 }
 
 #[test]
@@ -448,7 +291,7 @@ url = "http://{mirror_host}"
     assert!(dir.join("state").is_dir());
     let out = rcd.ok(&["images", "pull", "registry.example/library/busybox:latest"]);
     assert!(out.contains(image.digest()), "{out}");
-    assert!(dir.join("root/images.json").exists());
+    assert!(dir.join("root/meta.db").exists());
     assert!(dir.join("root/content/blobs").is_dir());
 
     std::fs::write(dir.join("bad.toml"), "nonsense = 1\n").unwrap();

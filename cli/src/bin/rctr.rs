@@ -48,6 +48,18 @@ enum Command {
         #[command(subcommand)]
         command: ContentCommand,
     },
+    /// Manage snapshots (image layers, image mounts)
+    #[command(alias = "snapshot", alias = "s")]
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
+    /// Manage leases (what keeps content and snapshots from the garbage collector)
+    #[command(alias = "lease")]
+    Leases {
+        #[command(subcommand)]
+        command: LeasesCommand,
+    },
     /// Manage containers
     #[command(alias = "container", alias = "c")]
     Containers {
@@ -92,6 +104,9 @@ enum ImagesCommand {
         /// Registry credentials, USER:PASSWORD
         #[arg(short, long, value_name = "USER:PASS")]
         user: Option<String>,
+        /// Download only: do not unpack the layers into snapshots
+        #[arg(long, alias = "skip-unpack")]
+        no_unpack: bool,
         /// Image reference (busybox, host:port/repo:tag, repo@sha256:…)
         reference: String,
     },
@@ -102,11 +117,111 @@ enum ImagesCommand {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Remove images (the records; blobs stay in the content store)
+    /// Print an image's details as JSON: descriptors, platform, sizes, config, history
+    #[command(alias = "info")]
+    Inspect { reference: String },
+    /// Give an image more names
+    Tag {
+        /// Replace a target name that exists
+        #[arg(long)]
+        force: bool,
+        source: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove images: a name removes that name; a digest (sha256:…) every name of it.
+    /// Content and snapshots nothing else uses are then collected.
+    #[command(alias = "rm", alias = "remove")]
+    Delete {
+        /// Collect before returning
+        #[arg(long)]
+        sync: bool,
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Collect content and snapshots nothing uses; --all: remove every image not mounted first
+    Prune {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Mount an image's rootfs on a directory (read-only unless --rw)
+    Mount {
+        /// A writable mount (its changes go when unmounted)
+        #[arg(long)]
+        rw: bool,
+        reference: String,
+        target: PathBuf,
+    },
+    /// Unmount an image mounted with `images mount`, removing its snapshot
+    #[command(alias = "umount")]
+    Unmount { target: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotsCommand {
+    /// List snapshots: KEY PARENT KIND
+    #[command(alias = "ls")]
+    List {
+        /// Print only the keys
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the snapshots as a tree, children under their parent
+    Tree,
+    /// Print a snapshot as JSON, with its disk usage
+    Info { key: String },
+    /// Print the mount commands of an active snapshot or view on TARGET
+    Mounts { target: PathBuf, key: String },
+    /// Make an active (writable) snapshot KEY on PARENT and print its mounts on TARGET
+    Prepare {
+        /// Where the printed mount commands mount it
+        #[arg(long, default_value = "/tmp")]
+        target: PathBuf,
+        key: String,
+        parent: Option<String>,
+    },
+    /// Make a read-only view KEY of PARENT and print its mounts on TARGET
+    View {
+        #[arg(long, default_value = "/tmp")]
+        target: PathBuf,
+        key: String,
+        parent: Option<String>,
+    },
+    /// Commit the active snapshot KEY as NAME
+    Commit { name: String, key: String },
+    /// Remove snapshots (refused for parents, image layers in use, image mounts)
     #[command(alias = "rm", alias = "remove")]
     Delete {
         #[arg(required = true)]
-        references: Vec<String>,
+        keys: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeasesCommand {
+    /// List leases
+    #[command(alias = "ls")]
+    List {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create a lease and print its id
+    Create {
+        /// Id (default: random)
+        #[arg(long)]
+        id: Option<String>,
+        /// Expiry, e.g. 24h, 30m (0: never)
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires_in: Duration,
+    },
+    /// Delete leases
+    #[command(alias = "rm", alias = "remove")]
+    Delete {
+        /// Collect what they kept before returning
+        #[arg(long)]
+        sync: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -209,8 +324,9 @@ async fn run(cli: Cli) -> Result<()> {
                 platform,
                 plain_http,
                 user,
+                no_unpack,
                 reference,
-            } => pull(&client, platform, plain_http, user, reference).await?,
+            } => pull(&client, platform, plain_http, user, no_unpack, reference).await?,
             ImagesCommand::List { quiet } => {
                 let list = client
                     .images()
@@ -231,28 +347,112 @@ async fn run(cli: Cli) -> Result<()> {
                     "DIGEST".into(),
                     "SIZE".into(),
                     "PLATFORMS".into(),
+                    "STATUS".into(),
                 ]];
                 for i in list {
-                    let t = i.target.unwrap_or_default();
+                    let t = i.target.clone().unwrap_or_default();
                     rows.push(vec![
-                        i.name,
+                        i.name.clone(),
                         t.media_type,
                         t.digest,
                         human_size(i.size.max(0) as u64),
-                        i.platform.map(platform_string).unwrap_or_default(),
+                        i.platform.clone().map(platform_string).unwrap_or_default(),
+                        image_status(&i),
                     ]);
                 }
                 print!("{}", table(&rows));
             }
-            ImagesCommand::Delete { references } => {
+            ImagesCommand::Inspect { reference } => {
+                let r = client
+                    .images()
+                    .get(pb::GetImageRequest { name: reference })
+                    .await
+                    .map_err(st)?
+                    .into_inner();
+                let doc = inspect_json(r);
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+            ImagesCommand::Tag {
+                force,
+                source,
+                targets,
+            } => {
+                for target in targets {
+                    let r = client
+                        .images()
+                        .tag(pb::TagImageRequest {
+                            source: source.clone(),
+                            target,
+                            force,
+                        })
+                        .await
+                        .map_err(st)?
+                        .into_inner();
+                    println!("{}", r.image.unwrap_or_default().name);
+                }
+            }
+            ImagesCommand::Prune { all } => {
+                let r = client
+                    .images()
+                    .prune(pb::PruneImagesRequest { all })
+                    .await
+                    .map_err(st)?
+                    .into_inner();
+                for i in &r.images {
+                    println!("{i}");
+                }
+                println!(
+                    "removed {} image(s), {} blob(s) ({}), {} snapshot(s)",
+                    r.images.len(),
+                    r.blobs,
+                    human_size(r.bytes),
+                    r.snapshots
+                );
+            }
+            ImagesCommand::Mount {
+                rw,
+                reference,
+                target,
+            } => {
+                let target = absolute(&target)?;
+                client
+                    .images()
+                    .mount(pb::MountImageRequest {
+                        name: reference,
+                        target: target.clone(),
+                        rw,
+                    })
+                    .await
+                    .map_err(st)?;
+                println!("{target}");
+            }
+            ImagesCommand::Unmount { target } => {
+                let target = absolute(&target)?;
+                client
+                    .images()
+                    .unmount(pb::UnmountImageRequest {
+                        target: target.clone(),
+                    })
+                    .await
+                    .map_err(st)?;
+                println!("{target}");
+            }
+            ImagesCommand::Delete { sync, references } => {
                 let mut failed = false;
                 for r in references {
                     match client
                         .images()
-                        .delete(pb::DeleteImageRequest { name: r.clone() })
+                        .delete(pb::DeleteImageRequest {
+                            name: r.clone(),
+                            sync,
+                        })
                         .await
                     {
-                        Ok(_) => println!("{r}"),
+                        Ok(resp) => {
+                            for n in resp.into_inner().names {
+                                println!("{n}");
+                            }
+                        }
                         Err(s) => {
                             eprintln!("rctr: {}", status_message(client.address(), &s));
                             failed = true;
@@ -264,6 +464,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::Snapshots { command } => snapshots(&client, command).await?,
+        Command::Leases { command } => leases(&client, command).await?,
         Command::Content { command } => match command {
             ContentCommand::List { quiet } => {
                 let list = client
@@ -330,6 +532,308 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// `unpacked`, `not unpacked`, or `broken: <what is missing>`.
+fn image_status(i: &pb::Image) -> String {
+    if !i.problem.is_empty() {
+        format!("broken: {}", i.problem)
+    } else if i.snapshot.is_empty() {
+        "not unpacked".into()
+    } else {
+        "unpacked".into()
+    }
+}
+
+/// The image as `images inspect` prints it.
+fn inspect_json(r: pb::GetImageResponse) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let i = r.image.unwrap_or_default();
+    let d = |d: &Option<pb::Descriptor>| match d {
+        Some(d) => json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}),
+        None => Value::Null,
+    };
+    let config: Value = serde_json::from_slice(&r.config).unwrap_or(Value::Null);
+    json!({
+        "name": i.name,
+        "target": d(&i.target),
+        "manifest": d(&i.manifest),
+        "platform": i.platform.clone().map(platform_string),
+        "size": i.size,
+        "unpackedSize": i.unpacked_size,
+        "snapshot": (!i.snapshot.is_empty()).then_some(&i.snapshot),
+        "status": image_status(&i),
+        "labels": i.labels,
+        "createdAt": i.created_at,
+        "updatedAt": i.updated_at,
+        "layers": i.layers.iter().map(|l| d(&Some(l.clone()))).collect::<Vec<_>>(),
+        "configDescriptor": d(&i.config),
+        "history": config.get("history").cloned().unwrap_or(Value::Array(vec![])),
+        "config": config,
+    })
+}
+
+/// An absolute path as text (relative ones are made absolute against the current dir: the
+/// daemon has another one).
+fn absolute(p: &std::path::Path) -> Result<String> {
+    let p = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("path {} is not UTF-8", p.display()))
+}
+
+async fn snapshots(client: &Client, command: SnapshotsCommand) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut svc = client.snapshots();
+    match command {
+        SnapshotsCommand::List { quiet } => {
+            let list = svc
+                .list(pb::ListSnapshotsRequest {})
+                .await
+                .map_err(st)?
+                .into_inner()
+                .snapshots;
+            if quiet {
+                for s in list {
+                    println!("{}", s.key);
+                }
+                return Ok(());
+            }
+            let mut rows = vec![vec!["KEY".to_owned(), "PARENT".into(), "KIND".into()]];
+            for s in list {
+                rows.push(vec![s.key, s.parent, titled(&s.kind)]);
+            }
+            print!("{}", table(&rows));
+        }
+        SnapshotsCommand::Tree => {
+            let list = svc
+                .list(pb::ListSnapshotsRequest {})
+                .await
+                .map_err(st)?
+                .into_inner()
+                .snapshots;
+            print!("{}", tree(&list));
+        }
+        SnapshotsCommand::Info { key } => {
+            let s = svc
+                .info(pb::SnapshotInfoRequest { key })
+                .await
+                .map_err(st)?
+                .into_inner()
+                .snapshot
+                .unwrap_or_default();
+            let doc = serde_json::json!({
+                "Kind": titled(&s.kind),
+                "Name": s.key,
+                "Parent": (!s.parent.is_empty()).then_some(&s.parent),
+                "Labels": s.labels,
+                "Created": s.created_at,
+                "Updated": s.updated_at,
+                "Size": s.size,
+                "Inodes": s.inodes,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        SnapshotsCommand::Mounts { target, key } => {
+            let mounts = svc
+                .mounts(pb::SnapshotMountsRequest { key })
+                .await
+                .map_err(st)?
+                .into_inner()
+                .mounts;
+            print_mounts(&target, &mounts);
+        }
+        SnapshotsCommand::Prepare {
+            target,
+            key,
+            parent,
+        } => {
+            let req = pb::PrepareSnapshotRequest {
+                key,
+                parent: parent.unwrap_or_default(),
+                labels: Default::default(),
+            };
+            let mounts = svc.prepare(req).await.map_err(st)?.into_inner().mounts;
+            print_mounts(&target, &mounts);
+        }
+        SnapshotsCommand::View {
+            target,
+            key,
+            parent,
+        } => {
+            let req = pb::PrepareSnapshotRequest {
+                key,
+                parent: parent.unwrap_or_default(),
+                labels: Default::default(),
+            };
+            let mounts = svc.view(req).await.map_err(st)?.into_inner().mounts;
+            print_mounts(&target, &mounts);
+        }
+        SnapshotsCommand::Commit { name, key } => {
+            svc.commit(pb::CommitSnapshotRequest {
+                name,
+                key,
+                labels: Default::default(),
+            })
+            .await
+            .map_err(st)?;
+        }
+        SnapshotsCommand::Delete { keys } => {
+            let mut failed = false;
+            for key in keys {
+                match svc
+                    .remove(pb::RemoveSnapshotRequest { key: key.clone() })
+                    .await
+                {
+                    Ok(_) => println!("{key}"),
+                    Err(s) => {
+                        eprintln!("rctr: {}", status_message(client.address(), &s));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Err(Reported.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `active` → `Active` (ctr prints Go's kind names).
+fn titled(kind: &str) -> String {
+    let mut c = kind.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// Snapshots under their parents, ctr's shape: a root at the margin, each child one level
+/// deeper as `\_ key`.
+fn tree(list: &[pb::Snapshot]) -> String {
+    let keys: std::collections::HashSet<&str> = list.iter().map(|s| s.key.as_str()).collect();
+    let mut children: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut roots = Vec::new();
+    for s in list {
+        if s.parent.is_empty() || !keys.contains(s.parent.as_str()) {
+            roots.push(s.key.as_str());
+        } else {
+            children.entry(s.parent.as_str()).or_default().push(&s.key);
+        }
+    }
+    roots.sort();
+    let mut out = String::new();
+    let mut stack: Vec<(&str, usize)> = roots.into_iter().rev().map(|k| (k, 0)).collect();
+    while let Some((k, depth)) = stack.pop() {
+        if depth == 0 {
+            out.push_str(&format!("{k}\n"));
+        } else {
+            out.push_str(&format!("{}\\_ {k}\n", "  ".repeat(depth)));
+        }
+        if let Some(c) = children.get(k) {
+            let mut c = c.clone();
+            c.sort();
+            stack.extend(c.into_iter().rev().map(|k| (k, depth + 1)));
+        }
+    }
+    out
+}
+
+/// One `mount` command line per mount, as ctr's `snapshots mounts` prints them.
+fn print_mounts(target: &std::path::Path, mounts: &[pb::Mount]) {
+    for m in mounts {
+        let opts = if m.options.is_empty() {
+            String::new()
+        } else {
+            format!(" -o {}", m.options.join(","))
+        };
+        println!(
+            "mount -t {} {} {}{opts}",
+            m.r#type,
+            m.source,
+            target.display()
+        );
+    }
+}
+
+async fn leases(client: &Client, command: LeasesCommand) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut svc = client.leases();
+    match command {
+        LeasesCommand::List { quiet } => {
+            let list = svc
+                .list(pb::ListLeasesRequest {})
+                .await
+                .map_err(st)?
+                .into_inner()
+                .leases;
+            if quiet {
+                for l in list {
+                    println!("{}", l.id);
+                }
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "ID".to_owned(),
+                "CREATED AT".into(),
+                "EXPIRES AT".into(),
+                "RESOURCES".into(),
+                "LABELS".into(),
+            ]];
+            for l in list {
+                let labels: Vec<String> =
+                    l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                rows.push(vec![
+                    l.id,
+                    l.created_at,
+                    if l.expires_at.is_empty() {
+                        "-".into()
+                    } else {
+                        l.expires_at
+                    },
+                    (l.content.len() + l.snapshots.len()).to_string(),
+                    labels.join(","),
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+        LeasesCommand::Create { id, expires_in } => {
+            let l = svc
+                .create(pb::CreateLeaseRequest {
+                    id: id.unwrap_or_default(),
+                    labels: Default::default(),
+                    expire_seconds: expires_in.as_secs(),
+                })
+                .await
+                .map_err(st)?
+                .into_inner()
+                .lease
+                .unwrap_or_default();
+            println!("{}", l.id);
+        }
+        LeasesCommand::Delete { sync, ids } => {
+            let mut failed = false;
+            for id in ids {
+                match svc
+                    .delete(pb::DeleteLeaseRequest {
+                        id: id.clone(),
+                        sync,
+                    })
+                    .await
+                {
+                    Ok(_) => println!("{id}"),
+                    Err(s) => {
+                        eprintln!("rctr: {}", status_message(client.address(), &s));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Err(Reported.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn platform_string(p: pb::Platform) -> String {
     if p.variant.is_empty() {
         format!("{}/{}", p.os, p.architecture)
@@ -370,6 +874,7 @@ async fn pull(
     platform: Option<String>,
     plain_http: bool,
     user: Option<String>,
+    no_unpack: bool,
     reference: String,
 ) -> Result<()> {
     let (username, password) = match user {
@@ -395,6 +900,7 @@ async fn pull(
             plain_http,
             username,
             password,
+            no_unpack,
         })
         .await
         .map_err(|s| anyhow!(status_message(client.address(), &s)))?
@@ -460,7 +966,20 @@ async fn pull(
     if tty {
         redraw(&mut out, &lines, &mut drawn)?;
     }
-    let target = image.target.unwrap_or_default();
+    let target = image.target.clone().unwrap_or_default();
+    if !image.snapshot.is_empty() {
+        writeln!(
+            out,
+            "unpacked {} {}: {}",
+            image
+                .platform
+                .clone()
+                .map(platform_string)
+                .unwrap_or_default(),
+            image.snapshot,
+            human_size(image.unpacked_size.max(0) as u64)
+        )?;
+    }
     writeln!(
         out,
         "elapsed: {:.1} s    total: {}",

@@ -5,8 +5,12 @@
 //! images     "<ns>\0<name>"   → ImageRecord (JSON)
 //! snapshots  "<ns>\0<key>"    → SnapshotRecord (JSON)
 //! content    "<ns>\0<digest>" → ContentRecord (JSON: labels, created)
+//! leases     "<ns>\0<id>"     → LeaseRecord (JSON: expiry, the blobs and snapshots it keeps)
 //! counters   "snapshot.id"    → u64 (last numeric snapshot id handed out)
 //! ```
+//!
+//! The tables of later record kinds (containers) go next to these, keyed the same way, and
+//! become roots of the garbage collector (see `gc.rs`).
 //!
 //! Every change goes through [`Metadata::write`]: the closure gets a [`WriteTx`], and
 //! everything it did is committed atomically when it returns `Ok` (and discarded on `Err` or a
@@ -50,6 +54,7 @@ pub const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CONTENT: TableDefinition<&str, &[u8]> = TableDefinition::new("content");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const SNAPSHOT_ID: &str = "snapshot.id";
 
@@ -111,6 +116,39 @@ pub struct ImageRecord {
     pub labels: Labels,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
+    /// The manifest chosen for this host's (or the requested) platform when `target` is an
+    /// index; the target itself otherwise. Recorded at pull time (containerd re-resolves it
+    /// from the index on every use; one pull here fetches one platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Target>,
+    /// `os/arch[/variant]` of that manifest's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// A lease: blobs and snapshots kept from the garbage collector until it is deleted or
+/// expires (containerd's leases). A pull takes one for what it downloads and unpacks until
+/// the image is recorded; one left by a killed daemon protects that work until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: String,
+    #[serde(default)]
+    pub labels: Labels,
+    pub created: DateTime<Utc>,
+    /// After this the collector deletes the lease (`None`: never expires).
+    #[serde(default)]
+    pub expires: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub content: std::collections::BTreeSet<Digest>,
+    #[serde(default)]
+    pub snapshots: std::collections::BTreeSet<String>,
+}
+
+impl LeaseRecord {
+    /// Whether the lease has expired at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
 }
 
 /// The kind of a snapshot, as in containerd.
@@ -292,6 +330,7 @@ impl Metadata {
             tx.tx
                 .open_table(CONTENT)
                 .map_err(tx.err("opening content"))?;
+            tx.tx.open_table(LEASES).map_err(tx.err("opening leases"))?;
             tx.tx
                 .open_table(COUNTERS)
                 .map_err(tx.err("opening counters"))?;
@@ -425,10 +464,22 @@ macro_rules! reads {
             self.scan(CONTENT, "content", ns)
         }
 
+        /// One lease.
+        pub fn lease(&self, ns: &str, id: &str) -> Result<Option<LeaseRecord>> {
+            validate_namespace(ns)?;
+            self.get(LEASES, "lease", &key(ns, id))
+        }
+
+        /// The leases of a namespace, sorted by id.
+        pub fn leases(&self, ns: &str) -> Result<Vec<LeaseRecord>> {
+            validate_namespace(ns)?;
+            self.scan(LEASES, "lease", ns)
+        }
+
         /// Every namespace that holds any record, sorted.
         pub fn namespaces(&self) -> Result<Vec<String>> {
             let mut out = std::collections::BTreeSet::new();
-            for def in [IMAGES, SNAPSHOTS, CONTENT] {
+            for def in [IMAGES, SNAPSHOTS, CONTENT, LEASES] {
                 let t = self
                     .tx
                     .open_table(def)
@@ -580,6 +631,47 @@ impl WriteTx<'_> {
         self.del(CONTENT, &key(ns, digest.as_str()))
     }
 
+    /// Creates a lease; `AlreadyExists` if the id is taken.
+    pub fn create_lease(&mut self, ns: &str, lease: &LeaseRecord) -> Result<()> {
+        validate_namespace(ns)?;
+        validate_name("lease id", &lease.id)?;
+        validate_labels(&lease.labels)?;
+        if self.lease(ns, &lease.id)?.is_some() {
+            return Err(MetadataError::AlreadyExists {
+                what: "lease",
+                namespace: ns.to_owned(),
+                name: lease.id.clone(),
+            });
+        }
+        self.put(LEASES, &key(ns, &lease.id), &encode(lease))
+    }
+
+    /// Adds blobs and snapshot keys to a lease; `NotFound` if it is gone.
+    pub fn add_lease_resources(
+        &mut self,
+        ns: &str,
+        id: &str,
+        content: impl IntoIterator<Item = Digest>,
+        snapshots: impl IntoIterator<Item = String>,
+    ) -> Result<()> {
+        validate_namespace(ns)?;
+        let mut lease = self.lease(ns, id)?.ok_or_else(|| MetadataError::NotFound {
+            what: "lease",
+            namespace: ns.to_owned(),
+            name: id.to_owned(),
+        })?;
+        lease.content.extend(content);
+        lease.snapshots.extend(snapshots);
+        self.put(LEASES, &key(ns, id), &encode(&lease))
+    }
+
+    /// Removes a lease; whether there was one. What it kept goes at the next collection
+    /// unless something else references it.
+    pub fn delete_lease(&mut self, ns: &str, id: &str) -> Result<bool> {
+        validate_namespace(ns)?;
+        self.del(LEASES, &key(ns, id))
+    }
+
     /// A new numeric id (for a snapshot directory), never handed out before.
     pub fn next_snapshot_id(&mut self) -> Result<u64> {
         let mut t = self
@@ -613,6 +705,8 @@ mod tests {
             labels: Labels::new(),
             created: Utc::now(),
             updated: Utc::now(),
+            manifest: None,
+            platform: None,
         }
     }
 

@@ -2,26 +2,34 @@
 //! on a unix socket.
 //!
 //! ```text
-//! <root>/content/      the content store (blobs, ingests)
-//! <root>/images.json   image records per namespace (temporary, see images.rs)
+//! <root>/content/      the content store (blobs, ingests), shared by all namespaces
+//! <root>/meta.db       the metadata DB (redb): images, snapshots, content labels, leases
+//! <root>/overlayfs/    the snapshotter's directories (snapshots/<id>/{fs,work})
 //! <root>/rcd.lock      flock'ed while a daemon uses the root
 //! <state>/             runtime state (nothing yet besides the default socket)
 //! <address>            the gRPC socket, mode 0660, removed on shutdown
 //! ```
 //!
 //! Namespaces come from the `rcd-namespace` metadata header of each call (default `default`).
+//! One service per file: `images.rs`, `snapshots.rs`, `leases.rs`, `service.rs` (Version,
+//! Content, and what the services share). A containers service goes next to them, with its
+//! table in the same metadata DB (see `metadata/`) and its roots in `gc.rs`.
 
 pub mod config;
-pub mod images;
+mod images;
+mod leases;
 mod service;
+mod snapshots;
 
 pub use config::{Config, Settings};
 
 use crate::content::ContentStore;
+use crate::metadata::Metadata;
 use crate::pull::Puller;
-use images::ImageStore;
+use crate::snapshot::Snapshotter;
 use rcd_proto::v1::{
-    content_server::ContentServer, images_server::ImagesServer, version_server::VersionServer,
+    content_server::ContentServer, images_server::ImagesServer, leases_server::LeasesServer,
+    snapshots_server::SnapshotsServer, version_server::VersionServer,
 };
 use std::future::Future;
 use std::io;
@@ -47,7 +55,9 @@ pub enum ServeError {
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
     #[error(transparent)]
-    Images(#[from] images::ImageStoreError),
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -63,11 +73,14 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ser
 /// How long running calls may go on after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What the services share.
+/// What the services share. Every table of the metadata DB (images, snapshots, content
+/// labels, leases; containers next) is reached through `md`, which is also the
+/// snapshotter's.
 pub struct Daemon {
     pub settings: Settings,
     pub store: ContentStore,
-    pub images: ImageStore,
+    pub md: Metadata,
+    pub snapshotter: Snapshotter,
     pub puller: Arc<Puller>,
     /// Pullers for per-call settings (`--plain-http`, `--user`), by (registry, plain HTTP,
     /// user, password), so their registry clients are reused; at most [`MAX_PULLERS`].
@@ -110,8 +123,8 @@ fn bind(address: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Locks `<root>/rcd.lock` for the life of the process (two daemons on one root would
-/// corrupt the image records).
+/// Locks `<root>/rcd.lock` for the life of the process (the metadata DB is locked too; this
+/// gives the clearer error, before anything is opened).
 fn lock_root(root: &Path) -> Result<std::fs::File, ServeError> {
     let path = root.join("rcd.lock");
     let f = std::fs::OpenOptions::new()
@@ -146,7 +159,22 @@ pub async fn serve(
     }
     let _lock = lock_root(&settings.root)?;
     let store = ContentStore::open(settings.root.join("content")).await?;
-    let images = ImageStore::open(&settings.root)?;
+    let (md, snapshotter) = {
+        let root = settings.root.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+            let md = Metadata::open(root.join("meta.db"))?;
+            let snapshotter = Snapshotter::open(root.join("overlayfs"), md.clone())?;
+            Ok((md, snapshotter))
+        })
+        .await
+        .expect("opening the metadata")?
+    };
+    if settings.root.join("images.json").exists() {
+        warn!(
+            "ignoring {}: image records of older rcd versions are not migrated (pull again)",
+            settings.root.join("images.json").display()
+        );
+    }
     let puller = Arc::new(Puller::new(store.clone(), settings.registry.clone()));
     let listener = bind(&settings.address)?;
     let address = settings.address.clone();
@@ -160,10 +188,27 @@ pub async fn serve(
     let daemon = Arc::new(Daemon {
         settings,
         store,
-        images,
+        md,
+        snapshotter,
         puller,
         pullers: Default::default(),
     });
+    // One collection at start, as containerd's scheduler does: what a killed daemon left
+    // (extraction snapshots, blobs of pulls whose lease expired) goes; leased work stays.
+    {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            match crate::gc::collect(&d.store, &d.snapshotter).await {
+                Ok(st) => info!(
+                    blobs = st.blobs.len(),
+                    snapshots = st.snapshots.len(),
+                    leases = st.leases,
+                    "start-up collection"
+                ),
+                Err(e) => warn!(error = %e, "start-up collection failed"),
+            }
+        });
+    }
     // After the signal, running calls (a pull's stream) get SHUTDOWN_GRACE to finish.
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
@@ -173,8 +218,12 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .add_service(VersionServer::new(service::VersionService))
-        .add_service(ImagesServer::new(service::ImagesService(daemon.clone())))
+        .add_service(ImagesServer::new(images::ImagesService(daemon.clone())))
         .add_service(ContentServer::new(service::ContentService(daemon.clone())))
+        .add_service(SnapshotsServer::new(snapshots::SnapshotsService(
+            daemon.clone(),
+        )))
+        .add_service(LeasesServer::new(leases::LeasesService(daemon.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async {
         stop.notified().await;
