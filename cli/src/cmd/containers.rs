@@ -96,7 +96,7 @@ pub enum ContainersCommand {
     /// Create a container from an image (no task: `tasks start` runs it)
     Create {
         #[command(flatten)]
-        flags: ContainerFlags,
+        flags: Box<ContainerFlags>,
         /// Image (as `images ls` names it, or short: busybox)
         image: String,
         /// Container ID

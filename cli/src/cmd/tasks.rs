@@ -134,12 +134,12 @@ impl Io {
             });
         }
         let mut fifos = Fifos::create(id, true, tty)?;
-        let readers = if detach {
+        if detach {
             fifos.keep();
-            None
-        } else {
-            Some(Readers::open(Some(&fifos.stdout), fifos.stderr.as_deref())?)
-        };
+        }
+        // Open for a detached process too, until it has started: containerd's Go shim
+        // waits for a reader before it creates the task.
+        let readers = Some(Readers::open(Some(&fifos.stdout), fifos.stderr.as_deref())?);
         Ok(Io {
             fifos: Some(fifos),
             readers,

@@ -1,0 +1,467 @@
+//! Containers and tasks through the real `rcd` and the real `rctr` (build both first:
+//! `cargo build -p rcd -p rcd-cli`), with busybox pulled from a loopback registry. The shim
+//! is `$RCD_TEST_SHIM`, else rshim (`containerd-shim-runr-v2`) next to rcd, else Debian's
+//! `containerd-shim-runc-v2`.
+
+mod common;
+
+use common::{rctr_bin, Rcd};
+use rtest::{busybox_image, spawn_tied, Registry};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn shim() -> PathBuf {
+    if let Some(s) = std::env::var_os("RCD_TEST_SHIM") {
+        return s.into();
+    }
+    let rshim = Path::new(env!("CARGO_BIN_EXE_rcd")).with_file_name("containerd-shim-runr-v2");
+    if rshim.exists() {
+        return rshim;
+    }
+    "/usr/bin/containerd-shim-runc-v2".into()
+}
+
+/// A daemon with busybox pulled, its state in a temp dir.
+struct Env {
+    rcd: Rcd,
+    image: String,
+    _reg: Registry,
+    dir: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    let reg = Registry::start().unwrap();
+    reg.push(busybox_image(), "library/busybox", "latest")
+        .unwrap();
+    let image = reg.image_ref("library/busybox", "latest");
+    let dir = tempfile::tempdir().unwrap();
+    let rcd = start_rcd(dir.path());
+    rcd.ok(&["images", "pull", "--plain-http", &image]);
+    Env {
+        rcd,
+        image,
+        _reg: reg,
+        dir,
+    }
+}
+
+fn start_rcd(dir: &Path) -> Rcd {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_level = \"debug\"\nshim = {:?}\n",
+            shim().display().to_string()
+        ),
+    )
+    .unwrap();
+    let (root, state) = (dir.join("root"), dir.join("state"));
+    let address = state.join("rcd.sock");
+    let mut d = Rcd {
+        child: None,
+        args: vec![
+            "--config".into(),
+            config.into(),
+            "--root".into(),
+            root.clone().into(),
+            "--state".into(),
+            state.clone().into(),
+            "--address".into(),
+            address.clone().into(),
+        ],
+        root,
+        state,
+        address,
+        log: dir.join("rcd.log"),
+    };
+    d.spawn();
+    d
+}
+
+impl Env {
+    /// rctr with stdin from `input`, its FIFOs under the test's dir.
+    fn rctr_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(rctr_bin());
+        cmd.arg("--address")
+            .arg(&self.rcd.address)
+            .args(args)
+            .env_remove("RCD_NAMESPACE")
+            .env("RCTR_FIFO_DIR", self.dir.path().join("fifo"))
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied(cmd).unwrap();
+        if let Some(data) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn rctr(&self, args: &[&str]) -> Output {
+        self.rctr_in(args, None)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.rctr(args);
+        assert!(
+            out.status.success(),
+            "rctr {args:?}: {}\nstdout: {}\nstderr: {}\nrcd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.rcd.log_text())
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// rctr that must exit 1; its message.
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.rctr(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "rctr {args:?} should fail\nstdout: {}\nstderr: {err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.starts_with("rctr: "), "{err}");
+        err
+    }
+
+    /// `tasks ls` as (id, status column).
+    fn tasks(&self) -> Vec<(String, String)> {
+        self.ok(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols[0].to_owned(), cols[2..].join(" "))
+            })
+            .collect()
+    }
+
+    fn status(&self, id: &str) -> Option<String> {
+        self.tasks().into_iter().find(|(i, _)| i == id).map(|t| t.1)
+    }
+
+    /// Removes every task and container left (a failed test's).
+    fn cleanup(&self) {
+        for (id, _) in self.tasks() {
+            let _ = self.rctr(&["tasks", "rm", "-f", &id]);
+        }
+        for id in self.ok(&["containers", "ls", "-q"]).lines() {
+            let _ = self.rctr(&["containers", "rm", id]);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.rcd.child.is_some() {
+            self.cleanup();
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_rm_output_and_exit_codes() {
+    let e = env();
+    let out = e.rctr(&["run", "--rm", &e.image, "c1", "echo", "hi"]);
+    assert!(out.status.success(), "{out:?}\n{}", tail(&e.rcd.log_text()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // the exit code is the container's; stderr is its stderr
+    let out = e.rctr(&[
+        "run",
+        "--rm",
+        &e.image,
+        "c2",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert!(out.stdout.is_empty());
+    // --rm leaves nothing: no container, no task, no snapshot of it
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "");
+    assert!(e.tasks().is_empty());
+    assert!(!e.ok(&["snapshots", "ls"]).contains("c1"));
+    // without --rm the container stays (its task is gone)
+    let out = e.rctr(&["run", &e.image, "c3", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "c3\n");
+    assert!(e.tasks().is_empty());
+    e.ok(&["containers", "rm", "c3"]);
+}
+
+#[test]
+fn run_options_reach_the_container() {
+    let e = env();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from the host").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/mnt,options=rbind:ro",
+        host.path().display()
+    );
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--env",
+        "A=1",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1001",
+        "--mount",
+        &mount,
+        &e.image,
+        "opts",
+        "sh",
+        "-c",
+        "echo $A; pwd; id -u; id -g; cat /mnt/f; echo; touch /mnt/x 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(out, "1\n/tmp\n1000\n1001\nfrom the host\nro\n");
+    // capabilities: the default set lacks NET_ADMIN; --cap-add gives it, --cap-drop takes
+    let caps = |extra: &[&str]| -> u64 {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            &e.image,
+            "caps",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status",
+        ]);
+        let out = e.ok(&args);
+        u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    const NET_ADMIN: u64 = 1 << 12;
+    const CHOWN: u64 = 1 << 0;
+    let default = caps(&[]);
+    assert_eq!(default & NET_ADMIN, 0);
+    assert_ne!(default & CHOWN, 0);
+    assert_ne!(caps(&["--cap-add", "NET_ADMIN"]) & NET_ADMIN, 0);
+    assert_eq!(caps(&["--cap-drop", "CHOWN"]) & CHOWN, 0);
+    assert!(caps(&["--privileged"]) & NET_ADMIN != 0);
+    // limits
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--memory-limit",
+        "67108864",
+        "--cpus",
+        "0.5",
+        &e.image,
+        "lim",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
+    ]);
+    assert!(out.contains("67108864"), "{out}");
+    assert!(out.contains("50000"), "{out}");
+    // --net-host sees the host's interfaces
+    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count();
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--net-host",
+        &e.image,
+        "net",
+        "cat",
+        "/proc/net/dev",
+    ]);
+    assert_eq!(out.lines().count(), host_ifaces, "{out}");
+    let out = e.ok(&["run", "--rm", &e.image, "nonet", "cat", "/proc/net/dev"]);
+    assert!(
+        out.lines().count() < host_ifaces || host_ifaces <= 3,
+        "{out}"
+    );
+}
+
+#[test]
+fn stdin_is_connected_and_closed_at_its_end() {
+    let e = env();
+    let out = e.rctr_in(&["run", "--rm", &e.image, "cat1", "cat"], Some(b"x\ny\n"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\ny\n");
+    // stdin at /dev/null: the process reads end-of-file at once
+    let out = e.rctr(&["run", "--rm", &e.image, "cat2", "wc", "-c"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+}
+
+#[test]
+fn detached_tasks_ls_ps_exec_kill_delete() {
+    let e = env();
+    e.ok(&["run", "-d", &e.image, "d1", "sleep", "1000"]);
+    assert_eq!(e.status("d1").as_deref(), Some("RUNNING"));
+    let ps = e.ok(&["tasks", "ps", "d1"]);
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with("sleep\0"), "{cmdline:?}");
+    // exec without a tty: output and exit code
+    let out = e.rctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "d1",
+        "sh",
+        "-c",
+        "echo in; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n");
+    // the same exec id again works once the first is deleted
+    let out = e.ok(&["tasks", "exec", "--exec-id", "e1", "d1", "hostname"]);
+    assert_eq!(out, "d1\n");
+    let m = e.ok(&["tasks", "metrics", "d1"]);
+    assert!(
+        m.contains("memory.usage_in_bytes") && m.contains("pids.current"),
+        "{m}"
+    );
+    // pause and resume
+    e.ok(&["tasks", "pause", "d1"]);
+    assert_eq!(e.status("d1").as_deref(), Some("PAUSED"));
+    e.ok(&["tasks", "resume", "d1"]);
+    assert_eq!(e.status("d1").as_deref(), Some("RUNNING"));
+    // a running container's task cannot be deleted, nor its container removed
+    let err = e.fail(&["tasks", "rm", "d1"]);
+    assert!(err.contains("running"), "{err}");
+    let err = e.fail(&["containers", "rm", "d1"]);
+    assert!(err.contains("running task"), "{err}");
+    // sleep is the pid namespace's init: only SIGKILL stops it
+    e.ok(&["tasks", "kill", "-s", "KILL", "d1"]);
+    wait_for("d1 to stop", Duration::from_secs(10), || {
+        e.status("d1").is_some_and(|s| s.starts_with("STOPPED"))
+    });
+    assert_eq!(e.status("d1").as_deref(), Some("STOPPED (exit 137)"));
+    let err = e.fail(&["containers", "rm", "d1"]);
+    assert!(err.contains("stopped task"), "{err}");
+    e.ok(&["tasks", "rm", "d1"]);
+    assert!(e.tasks().is_empty());
+    // tasks start runs it again, attached; -f deletes a running task
+    e.ok(&["tasks", "start", "-d", "d1"]);
+    assert_eq!(e.status("d1").as_deref(), Some("RUNNING"));
+    e.ok(&["tasks", "rm", "-f", "d1"]);
+    e.ok(&["containers", "rm", "d1"]);
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "");
+}
+
+#[test]
+fn containers_create_ls_info_label_rm() {
+    let e = env();
+    e.ok(&[
+        "containers",
+        "create",
+        "--label",
+        "app=web",
+        &e.image,
+        "k1",
+        "echo",
+        "k1",
+    ]);
+    e.ok(&["containers", "create", "--label", "app=db", &e.image, "k2"]);
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "k1\nk2\n");
+    assert_eq!(e.ok(&["containers", "ls", "-q", "labels.app==web"]), "k1\n");
+    assert_eq!(e.ok(&["containers", "ls", "-q", "labels.app!=web"]), "k2\n");
+    let ls = e.ok(&["containers", "ls"]);
+    assert!(
+        ls.starts_with("CONTAINER") && ls.contains("app=web"),
+        "{ls}"
+    );
+    let spec: serde_json::Value =
+        serde_json::from_str(&e.ok(&["containers", "info", "--spec", "k1"])).unwrap();
+    assert_eq!(spec["process"]["args"], serde_json::json!(["echo", "k1"]));
+    assert_eq!(spec["root"]["path"], "rootfs");
+    let info: serde_json::Value =
+        serde_json::from_str(&e.ok(&["containers", "info", "k1"])).unwrap();
+    assert_eq!(info["Image"], e.image.as_str());
+    assert_eq!(info["SnapshotKey"], "k1");
+    assert_eq!(info["Labels"]["app"], "web");
+    assert_eq!(
+        e.ok(&["containers", "label", "k1", "tier=1", "app="]),
+        "tier=1\n"
+    );
+    // the created container runs with tasks start (attached: output, exit code)
+    assert_eq!(e.ok(&["tasks", "start", "k1"]), "k1\n");
+    assert!(e.tasks().is_empty());
+    // rm --keep-snapshot leaves the rootfs as a snapshot of the namespace
+    e.ok(&["containers", "rm", "--keep-snapshot", "k1"]);
+    assert!(e.ok(&["snapshots", "ls"]).contains("k1"));
+    e.ok(&["snapshots", "rm", "k1"]);
+    e.ok(&["containers", "rm", "k2"]);
+    // duplicates, unknown ids and images
+    e.ok(&["containers", "create", &e.image, "k3"]);
+    let err = e.fail(&["containers", "create", &e.image, "k3"]);
+    assert!(err.contains("container \"k3\" already exists"), "{err}");
+    e.ok(&["containers", "rm", "k3"]);
+    for args in [
+        vec!["containers", "info", "nope"],
+        vec!["containers", "rm", "nope"],
+        vec!["tasks", "start", "nope"],
+    ] {
+        let err = e.fail(&args);
+        assert!(
+            err.contains("unknown container \"nope\""),
+            "{args:?}: {err}"
+        );
+    }
+    let err = e.fail(&["tasks", "kill", "nope"]);
+    assert!(err.contains("nope"), "{err}");
+    let err = e.fail(&["run", "--rm", "no.such/image:1", "x1"]);
+    assert!(err.contains("image \"no.such/image:1\" not found"), "{err}");
+    let err = e.fail(&["run", "--rm", &e.image, "bad/id"]);
+    assert!(err.contains("invalid container id"), "{err}");
+    let err = e.fail(&["run", "--rm", "--cpus", "x", &e.image, "x2"]);
+    assert!(err.contains("cpus"), "{err}");
+    let err = e.fail(&["run", "--rm", "--mount", "type=bind,dst=/x", &e.image, "x3"]);
+    assert!(err.contains("invalid mount"), "{err}");
+    // a command that does not exist: the error names it, nothing is left
+    let out = e.rctr(&["run", "--rm", &e.image, "x4", "/no/such/binary"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "");
+    assert!(e.tasks().is_empty());
+}
+
+#[test]
+fn no_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let out = common::rctr(&sock, &["run", "--rm", "busybox", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("daemon not running at"), "{err}");
+}
