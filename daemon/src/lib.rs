@@ -14,4 +14,5 @@ pub mod push;
 pub mod server;
 pub mod snapshot;
 pub mod spec;
+pub mod task;
 pub mod unpack;

@@ -1,0 +1,278 @@
+//! Running a shim binary's actions (`start`, `delete`) and talking to a running shim.
+//!
+//! The command line and environment are containerd 1.6's (`runtime/v2/shim/util.go`):
+//! `<shim> -namespace NS -address <daemon socket> -publish-binary <rcd> -id ID start`, run in
+//! the bundle, with `TTRPC_ADDRESS` (where the shim forwards its events) in the environment.
+//! `start` prints the ttrpc address of the shim server it left running (a daemon: its
+//! parent exits), or the JSON bootstrap parameters newer shims print.
+
+use super::error::{Result, ShimCode, TaskError};
+use super::record::LOG_FIFO;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim_async::TaskClient;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// How long a shim's `start` or `delete` action may take.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls that answer at once in a healthy shim; `Wait` has no limit.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the shim process is told to reach rcd.
+#[derive(Debug, Clone)]
+pub(crate) struct ShimEnv {
+    pub binary: PathBuf,
+    pub daemon_address: String,
+    pub ttrpc_address: PathBuf,
+    pub publish_binary: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl ShimEnv {
+    fn command(
+        &self,
+        namespace: &str,
+        id: &str,
+        bundle: &Path,
+        action: &str,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("-namespace")
+            .arg(namespace)
+            .arg("-address")
+            .arg(&self.daemon_address)
+            .arg("-publish-binary")
+            .arg(&self.publish_binary)
+            .arg("-id")
+            .arg(id);
+        if action == "delete" {
+            cmd.arg("-bundle").arg(bundle);
+        }
+        cmd.arg(action)
+            .current_dir(bundle)
+            .env("TTRPC_ADDRESS", &self.ttrpc_address)
+            // Go shims keep fewer threads (containerd sets the same)
+            .env("GOMAXPROCS", "2")
+            // for `rcd publish` run by a shim while rcd is down: where to spool the event
+            .env(super::events::STATE_DIR_ENV, &self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run_action(
+        &self,
+        namespace: &str,
+        id: &str,
+        bundle: &Path,
+        action: &str,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let child = self
+            .command(namespace, id, bundle, action)
+            .spawn()
+            .map_err(|e| format!("cannot execute it: {e}"))?;
+        let out = tokio::time::timeout(ACTION_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| format!("no answer within {} s", ACTION_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = stderr.trim();
+            return Err(format!(
+                "{}{}",
+                out.status,
+                if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {stderr}")
+                }
+            ));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs `start` and returns the shim's ttrpc address.
+    pub async fn start(&self, namespace: &str, id: &str, bundle: &Path) -> Result<String> {
+        let err = |message: String| TaskError::ShimStart {
+            id: id.to_owned(),
+            binary: self.binary.clone(),
+            message,
+        };
+        let out = self
+            .run_action(namespace, id, bundle, "start")
+            .await
+            .map_err(err)?;
+        let text = String::from_utf8_lossy(&out);
+        parse_start_output(text.trim()).map_err(err)
+    }
+
+    /// Runs `delete`: the shim binary releases what a shim left behind when the shim itself
+    /// is gone (runc's `delete --force`, the rootfs mounts). Returns the init's last words.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<api::DeleteResponse> {
+        let out = self
+            .run_action(namespace, id, bundle, "delete")
+            .await
+            .map_err(|message| TaskError::ShimDelete {
+                id: id.to_owned(),
+                binary: self.binary.clone(),
+                message,
+            })?;
+        api::DeleteResponse::parse_from_bytes(&out).map_err(|e| TaskError::ShimDelete {
+            id: id.to_owned(),
+            binary: self.binary.clone(),
+            message: format!("unreadable answer: {e}"),
+        })
+    }
+}
+
+/// A plain address (`unix:///run/…/s/<hash>`), or `{"version":2,"address":…,"protocol":"ttrpc"}`.
+fn parse_start_output(text: &str) -> std::result::Result<String, String> {
+    if text.is_empty() {
+        return Err("it printed no address".into());
+    }
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("unreadable bootstrap parameters {text:?}: {e}"))?;
+        if let Some(p) = v.get("protocol").and_then(|p| p.as_str()) {
+            if p != "ttrpc" {
+                return Err(format!("it speaks {p}, only ttrpc is supported"));
+            }
+        }
+        return v
+            .get("address")
+            .and_then(|a| a.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("bootstrap parameters without an address: {text}"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Connects to a shim's ttrpc address.
+pub(crate) async fn connect(id: &str, address: &str) -> Result<TaskClient> {
+    let err = |message: String| TaskError::ShimConnect {
+        id: id.to_owned(),
+        address: address.to_owned(),
+        message,
+    };
+    let client = tokio::time::timeout(
+        Duration::from_secs(5),
+        ttrpc::asynchronous::Client::connect(address),
+    )
+    .await
+    .map_err(|_| err("no answer within 5 s".into()))?
+    .map_err(|e| err(e.to_string()))?;
+    Ok(TaskClient::new(client))
+}
+
+/// The context of a call: a deadline (none for `Wait`) and the namespace, as containerd sends
+/// it (`containerd-namespace-ttrpc` metadata).
+pub(crate) fn ctx(namespace: &str, timeout: Option<Duration>) -> ttrpc::context::Context {
+    let mut c = match timeout {
+        Some(t) => ttrpc::context::with_duration(t),
+        None => ttrpc::context::with_timeout(0),
+    };
+    c.add("containerd-namespace-ttrpc".into(), namespace.to_owned());
+    c
+}
+
+/// Whether a failed call means the shim cannot be reached any more (as opposed to an
+/// answer with an error status).
+pub(crate) fn is_transport_error(e: &ttrpc::Error) -> bool {
+    !matches!(e, ttrpc::Error::RpcStatus(_))
+}
+
+pub(crate) fn status_of(e: &ttrpc::Error) -> (ShimCode, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+        other => (ShimCode::UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// Creates the shim's log FIFO (the Go shims refuse to run without it) and copies what the
+/// shim logs into rcd's log. The FIFO is opened read-write so it never reports end-of-file
+/// before the shim has opened it; the copier is aborted when the task goes.
+pub(crate) fn open_log(bundle: &Path, id: &str) -> Result<JoinHandle<()>> {
+    let path = bundle.join(LOG_FIFO);
+    match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(TaskError::io("creating the shim log fifo", &path, e.into())),
+    }
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+        .map_err(|e| TaskError::io("opening the shim log fifo", &path, e))?;
+    let id = id.to_owned();
+    Ok(tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(rx).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => debug!(task = %id, "shim: {line}"),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(task = %id, "reading the shim log: {e}");
+                    break;
+                }
+            }
+        }
+    }))
+}
+
+/// Whether process `pid` exists (not a zombie).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `pid` to go away.
+pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while process_alive(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_output() {
+        assert_eq!(
+            parse_start_output("unix:///run/x").unwrap(),
+            "unix:///run/x"
+        );
+        assert_eq!(
+            parse_start_output(r#"{"version":2,"address":"unix:///a","protocol":"ttrpc"}"#)
+                .unwrap(),
+            "unix:///a"
+        );
+        assert!(parse_start_output("").unwrap_err().contains("no address"));
+        assert!(
+            parse_start_output(r#"{"version":2,"address":"x","protocol":"grpc"}"#)
+                .unwrap_err()
+                .contains("grpc")
+        );
+        assert!(parse_start_output("{").unwrap_err().contains("unreadable"));
+    }
+}
