@@ -3,6 +3,7 @@
 mod driver;
 mod pull;
 mod runtime;
+mod shim;
 mod stats;
 mod unpack;
 
@@ -26,6 +27,8 @@ enum Cmd {
     Unpack(unpack::UnpackArgs),
     /// Pull + unpack of a large multi-layer image from a loopback registry: rcd vs containerd.
     Pull(pull::PullArgs),
+    /// RSS and PSS per shim with N running containers: containerd's Go shim vs rshim.
+    Shim(shim::ShimArgs),
     /// Internal: one rcd pull + unpack + record into an empty root (measured by `pull`).
     #[command(name = "__pull-child", hide = true)]
     PullChild(pull::PullChildArgs),
@@ -42,6 +45,7 @@ fn main() {
         Cmd::Driver(a) => driver::main(a),
         Cmd::Pull(a) => pull::main(a),
         Cmd::PullChild(a) => pull::child_main(a),
+        Cmd::Shim(a) => shim::main(a),
     };
     if let Err(e) = r {
         eprintln!("rbench: error: {e:#}");

@@ -54,6 +54,8 @@ pub struct Containerd {
     ids: Mutex<Vec<String>>,
     /// cgroup paths handed out, to empty and remove.
     cgroups: Mutex<Vec<String>>,
+    /// The environment added at start, for [`Containerd::kill9_and_restart`].
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -71,7 +73,7 @@ impl Containerd {
     /// `{dir}` in it for the temp dir). `env` is added to containerd's environment (and so
     /// its shims'). Waits until the socket answers.
     pub fn start(extra_toml: &str, env: &[(&str, &str)]) -> Result<Containerd> {
-        let (containerd, _) = Self::binaries()?;
+        Self::binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("rtest-ctd-")
             .tempdir()
@@ -99,10 +101,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             extra = extra_toml.replace("{dir}", &d)
         );
         std::fs::write(dir.path().join("config.toml"), config)?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::spawn(dir.path(), &env)?;
+        let mut ctd = Containerd {
+            namespace: format!("rtest-{}", std::process::id()),
+            dir,
+            child: Some(child),
+            ids: Mutex::new(vec![]),
+            cgroups: Mutex::new(vec![]),
+            env,
+        };
+        ctd.wait_ready(Duration::from_secs(30))?;
+        Ok(ctd)
+    }
+
+    fn spawn(dir: &Path, env: &[(String, String)]) -> Result<Child> {
+        let (containerd, _) = Self::binaries()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))?;
         let mut cmd = Command::new(containerd);
         cmd.arg("--config")
-            .arg(dir.path().join("config.toml"))
+            .arg(dir.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -110,16 +134,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             cmd.env(k, v);
         }
         // Tied to this process: killed by the kernel if the test process dies without Drop.
-        let child = crate::spawn_tied(cmd).context("starting containerd")?;
-        let mut ctd = Containerd {
-            namespace: format!("rtest-{}", std::process::id()),
-            dir,
-            child: Some(child),
-            ids: Mutex::new(vec![]),
-            cgroups: Mutex::new(vec![]),
-        };
-        ctd.wait_ready(Duration::from_secs(30))?;
-        Ok(ctd)
+        crate::spawn_tied(cmd).context("starting containerd")
+    }
+
+    /// `kill -9` of containerd alone (its shims and containers keep running), then a new
+    /// containerd on the same config, root and state; waits until it answers.
+    pub fn kill9_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = Some(Self::spawn(self.dir.path(), &self.env)?);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    /// The pid of containerd (for tests that kill it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -379,6 +410,54 @@ impl Drop for Containerd {
             Err(e) => eprintln!("containerd teardown: {e:#}"),
         }
     }
+}
+
+/// The workspace's shim `containerd-shim-runr-v2` (package rshim) next to the test
+/// executable (`target/<profile>/`), like [`crate::runtime::runtime_binary`] finds runr.
+/// Panics when it is not built.
+pub fn rshim_binary() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join("containerd-shim-runr-v2"));
+        }
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/containerd-shim-runr-v2"),
+    );
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "containerd-shim-runr-v2 was not found (looked at {}): build it first with \
+         `cargo build -p rshim` (same profile as the tests)",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// A PATH for containerd that finds [`rshim_binary`] (runtime `io.containerd.runr.v2`) first.
+pub fn path_with_rshim() -> String {
+    let shim = rshim_binary();
+    format!(
+        "{}:{}",
+        shim.parent().expect("in a dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// (pid, argv) of the shims whose argv has `-id <id>`.
+pub fn shims_of(id: &str) -> Vec<(i32, Vec<String>)> {
+    processes_where(|argv| {
+        argv.first()
+            .is_some_and(|a0| a0.contains("containerd-shim"))
+            && argv.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+    })
 }
 
 /// A `/bin/sh` script in `dir` that appends `<runtime> <its arguments>` to `log`, then execs

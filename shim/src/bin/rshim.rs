@@ -1,0 +1,5 @@
+//! See the `rshim` library: containerd shim v2 driving runr.
+
+fn main() {
+    rshim::main()
+}

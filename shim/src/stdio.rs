@@ -1,0 +1,320 @@
+//! A process's stdio as containerd names it (FIFO paths, `file://` URIs or nothing).
+//!
+//! Without a terminal the process gets the FIFOs themselves, no copying: the shim keeps a
+//! reader open on each output FIFO (so the process never dies of SIGPIPE when the client goes
+//! away, and nothing written before the client opens its end is lost) and a writer on the
+//! input FIFO (so the process does not read EOF before the client opens it) until CloseIO.
+//! The client sees EOF on the output once the process and everything it forked close it.
+//!
+//! With a terminal the runtime sends the pty master over a console socket and one small
+//! thread copies between it and the FIFOs.
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// What the shim holds for a process's life.
+#[derive(Default)]
+pub struct Held {
+    /// Writer on the stdin FIFO; dropped on CloseIO so the process reads EOF.
+    pub stdin_keep: Option<File>,
+    /// Readers on output FIFOs.
+    pub readers: Vec<File>,
+    /// The pty master (for ResizePty).
+    pub console: Option<File>,
+}
+
+/// The fds the runtime passes on to the process; dropped once the runtime has run.
+#[derive(Default)]
+pub struct ForChild {
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+fn is_fifo(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let what = format!("opening {what} {}", path.display());
+    move |e| Error::Io(what, e)
+}
+
+/// `file:///p` → `/p`; `binary://` is refused; anything else is a path.
+fn target(uri: &str, what: &str) -> Result<Option<PathBuf>, Error> {
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    if let Some(p) = uri.strip_prefix("file://") {
+        return Ok(Some(PathBuf::from(p)));
+    }
+    if uri.starts_with("binary://") {
+        return Err(Error::Invalid(format!(
+            "{what} {uri}: binary:// logging is not supported by rshim"
+        )));
+    }
+    if let Some((scheme, _)) = uri.split_once("://") {
+        return Err(Error::Invalid(format!(
+            "{what} {uri}: unknown scheme {scheme}"
+        )));
+    }
+    Ok(Some(PathBuf::from(uri)))
+}
+
+fn open_output(uri: &str, what: &str, held: &mut Held) -> Result<Option<File>, Error> {
+    let Some(p) = target(uri, what)? else {
+        return Ok(None);
+    };
+    if is_fifo(&p) {
+        // A reader first, so opening the writer cannot block.
+        let r = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .map_err(io_err(what, &p))?;
+        held.readers.push(r);
+        let w = OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io_err(what, &p))?;
+        return Ok(Some(w));
+    }
+    let f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(&p)
+        .map_err(io_err(what, &p))?;
+    Ok(Some(f))
+}
+
+fn open_input(uri: &str, held: &mut Held, keep: bool) -> Result<Option<File>, Error> {
+    let Some(p) = target(uri, "stdin")? else {
+        return Ok(None);
+    };
+    if !is_fifo(&p) {
+        return Ok(Some(File::open(&p).map_err(io_err("stdin", &p))?));
+    }
+    if keep {
+        let w = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(io_err("stdin", &p))?;
+        held.stdin_keep = Some(w);
+        let r = File::open(&p).map_err(io_err("stdin", &p))?;
+        return Ok(Some(r));
+    }
+    // For the tty copier: non-blocking, it polls.
+    let r = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&p)
+        .map_err(io_err("stdin", &p))?;
+    Ok(Some(r))
+}
+
+/// Opens the stdio of a process without a terminal.
+pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(Held, ForChild), Error> {
+    let mut held = Held::default();
+    let child = ForChild {
+        stdin: open_input(stdin, &mut held, true)?,
+        stdout: open_output(stdout, "stdout", &mut held)?,
+        stderr: open_output(stderr, "stderr", &mut held)?,
+    };
+    Ok((held, child))
+}
+
+/// A listening console socket in a private temp dir (the bundle path may be too long for a
+/// socket address).
+pub struct ConsoleSocket {
+    dir: PathBuf,
+    pub path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn new() -> Result<ConsoleSocket, Error> {
+        let dir =
+            std::env::temp_dir().join(format!("rshim-{}-{}", std::process::id(), crate::unique()));
+        std::fs::create_dir(&dir).map_err(io_err("console socket dir", &dir))?;
+        let path = dir.join("pty.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(io_err("console socket", &path))?;
+        Ok(ConsoleSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+
+    /// The pty master the runtime sent; call once the runtime command has returned.
+    pub fn receive(&self) -> Result<File, Error> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Io("console socket".into(), e))?;
+        let (conn, _) = self.listener.accept().map_err(|e| {
+            Error::Failed(format!(
+                "the runtime sent no pty master on {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        conn.set_nonblocking(false)
+            .map_err(|e| Error::Io("console socket".into(), e))?;
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| Error::Failed(format!("receiving the pty master: {e}")))?;
+        for c in msg
+            .cmsgs()
+            .map_err(|e| Error::Failed(format!("pty cmsg: {e}")))?
+        {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(fd) = fds.first() {
+                    // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+                    let owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(*fd) };
+                    for extra in &fds[1..] {
+                        let _ = nix::unistd::close(*extra);
+                    }
+                    return Ok(File::from(owned));
+                }
+            }
+        }
+        Err(Error::Failed(
+            "the runtime's console message held no fd".into(),
+        ))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts the copier between a pty master and the process's FIFOs. It ends when the pty
+/// hangs up (every holder of the slave is gone), closing stdout so the client sees EOF.
+pub fn start_tty_copy(
+    master: &File,
+    stdin: &str,
+    stdout: &str,
+    held: &mut Held,
+) -> Result<(), Error> {
+    let input = open_input(stdin, held, false)?;
+    let output = open_output(stdout, "stdout", held)?;
+    let master = master
+        .try_clone()
+        .map_err(|e| Error::Io("pty master".into(), e))?;
+    std::thread::Builder::new()
+        .name("tty".into())
+        .stack_size(64 * 1024)
+        .spawn(move || copy_tty(master, input, output))
+        .map_err(|e| Error::Io("starting the tty copier".into(), e))?;
+    Ok(())
+}
+
+fn copy_tty(mut master: File, mut input: Option<File>, mut output: Option<File>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let (m_ev, i_ev) = {
+            let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            if let Some(i) = &input {
+                fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            (
+                fds[0].revents().unwrap_or(PollFlags::empty()),
+                fds.get(1).and_then(|f| f.revents()),
+            )
+        };
+        if !m_ev.is_empty() {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if let Some(o) = &mut output {
+                        if o.write_all(&buf[..n]).is_err() {
+                            output = None;
+                        }
+                    }
+                }
+            }
+        }
+        if let (Some(ev), Some(i)) = (i_ev, &mut input) {
+            if ev.contains(PollFlags::POLLIN) {
+                match i.read(&mut buf) {
+                    Ok(0) => input = None,
+                    Ok(n) => {
+                        if master.write_all(&buf[..n]).is_err() {
+                            input = None;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => input = None,
+                }
+            } else if !ev.is_empty() {
+                // The writer hung up and nothing is left to read.
+                input = None;
+            }
+        }
+    }
+}
+
+pub fn resize(master: &File, width: u32, height: u32) -> Result<(), Error> {
+    let ws = libc::winsize {
+        ws_row: height as u16,
+        ws_col: width as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        return Err(Error::Io(
+            "resizing the pty".into(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_uris() {
+        assert_eq!(target("", "stdout").unwrap(), None);
+        assert_eq!(
+            target("file:///var/log/x", "stdout").unwrap(),
+            Some(PathBuf::from("/var/log/x"))
+        );
+        assert_eq!(
+            target("/run/fifo/1-stdout", "stdout").unwrap(),
+            Some(PathBuf::from("/run/fifo/1-stdout"))
+        );
+        let e = target("binary:///bin/logger?x=1", "stdout").unwrap_err();
+        assert!(
+            e.to_string().contains("binary:// logging is not supported"),
+            "{e}"
+        );
+        let e = target("tcp://1.2.3.4", "stderr").unwrap_err();
+        assert!(e.to_string().contains("unknown scheme tcp"), "{e}");
+    }
+}
