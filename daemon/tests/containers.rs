@@ -465,3 +465,220 @@ fn no_daemon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("daemon not running at"), "{err}");
 }
+
+/// Runs rctr under `script`, on a pty of its own: (exit code, what the terminal showed).
+fn on_pty(e: &Env, args: &[&str]) -> (Option<i32>, String) {
+    // script's pty has no size (its stdin is not a terminal): give it one
+    let mut line = format!(
+        "stty cols 101 rows 31; RCTR_FIFO_DIR={} {} --address {}",
+        e.dir.path().join("fifo").display(),
+        rctr_bin().display(),
+        e.rcd.address.display()
+    );
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut cmd = Command::new("script");
+    cmd.args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_tied(cmd).unwrap().wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+    )
+}
+
+#[test]
+fn terminal_run_and_exec() {
+    let e = env();
+    // -t: the process runs on a pty (stdin is a terminal, stderr goes to the same place)
+    let (code, out) = on_pty(
+        &e,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            &e.image,
+            "t1",
+            "sh",
+            "-c",
+            "test -t 0 && echo tty; echo err >&2; exit 4",
+        ],
+    );
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("tty\n") && out.contains("err\n"), "{out:?}");
+    // the size of rctr's terminal reaches the container
+    let (code, out) = on_pty(&e, &["run", "--rm", "-t", &e.image, "t2", "stty", "size"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "31 101\n");
+    // exec with and without a tty into a running container
+    e.ok(&["run", "-d", &e.image, "t3", "sleep", "1000"]);
+    let (code, out) = on_pty(
+        &e,
+        &[
+            "tasks",
+            "exec",
+            "-t",
+            "--exec-id",
+            "x1",
+            "t3",
+            "sh",
+            "-c",
+            "test -t 1 && echo tty",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "tty\n"));
+    let out = e.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "x2",
+        "t3",
+        "sh",
+        "-c",
+        "test -t 1 || echo notty",
+    ]);
+    assert_eq!(out, "notty\n");
+    e.ok(&["tasks", "rm", "-f", "t3"]);
+    e.ok(&["containers", "rm", "t3"]);
+}
+
+#[test]
+fn attach_to_a_detached_task() {
+    let e = env();
+    e.ok(&[
+        "run",
+        "-d",
+        &e.image,
+        "a1",
+        "sh",
+        "-c",
+        "read line; echo got $line; exit 5",
+    ]);
+    let out = e.rctr_in(&["tasks", "attach", "a1"], Some(b"hello\n"));
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
+    e.ok(&["tasks", "rm", "a1"]);
+    e.ok(&["containers", "rm", "a1"]);
+    // the FIFOs of the detached task went with it
+    let left: Vec<_> = std::fs::read_dir(e.dir.path().join("fifo"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn events_namespaces_info() {
+    let e = env();
+    // events: a subscriber sees a container's life in order
+    let mut cmd = Command::new(rctr_bin());
+    cmd.arg("--address")
+        .arg(&e.rcd.address)
+        .args(["events", "namespace==default"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut sub = spawn_tied(cmd).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    e.ok(&["run", "--rm", &e.image, "ev1", "true"]);
+    let stdout = sub.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            l2.lock().unwrap().push(l);
+        }
+    });
+    wait_for(
+        "the container delete event",
+        Duration::from_secs(10),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("/containers/delete"))
+        },
+    );
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let topics: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned())
+        .collect();
+    let order = [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/containers/delete",
+    ];
+    let pos: Vec<Option<usize>> = order
+        .iter()
+        .map(|t| topics.iter().position(|x| x == t))
+        .collect();
+    assert!(pos.iter().all(Option::is_some), "{topics:?}");
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{topics:?}");
+    let exit = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("/tasks/exit"))
+        .cloned()
+        .unwrap();
+    assert!(
+        exit.contains("\"container_id\":\"ev1\"") && exit.contains("\"exit_status\":\"0\""),
+        "{exit}"
+    );
+    let err = e.fail(&["events", "topic"]);
+    assert!(err.contains("invalid filter"), "{err}");
+
+    // namespaces
+    e.ok(&["namespaces", "create", "empty", "team=a"]);
+    let ls = e.ok(&["namespaces", "ls"]);
+    assert!(
+        ls.contains("default") && ls.contains("empty") && ls.contains("team=a"),
+        "{ls}"
+    );
+    assert_eq!(
+        e.ok(&["namespaces", "label", "empty", "team=", "x=y"]),
+        "x=y\n"
+    );
+    let err = e.fail(&["namespaces", "create", "empty"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = e.fail(&["namespaces", "rm", "default"]);
+    assert!(err.contains("not empty") && err.contains("images"), "{err}");
+    let err = e.fail(&["namespaces", "create", "bad/name"]);
+    assert!(err.contains("invalid namespace"), "{err}");
+    e.ok(&["namespaces", "rm", "empty"]);
+    assert!(!e.ok(&["namespaces", "ls", "-q"]).contains("empty"));
+    let err = e.fail(&["namespaces", "rm", "empty"]);
+    assert!(err.contains("not found"), "{err}");
+    // a container in another namespace is not seen from default
+    // images are per namespace
+    let err = e.fail(&["-n", "other", "run", "--rm", &e.image, "o1", "echo", "x"]);
+    assert!(err.contains("not found in namespace \"other\""), "{err}");
+
+    // info
+    e.ok(&["run", "-d", &e.image, "i1", "sleep", "100"]);
+    let info: serde_json::Value = serde_json::from_str(&e.ok(&["info"])).unwrap();
+    assert_eq!(info["Containers"], 1);
+    assert_eq!(info["TasksRunning"], 1);
+    assert_eq!(info["Images"], 1);
+    assert!(info["Shim"]
+        .as_str()
+        .unwrap()
+        .ends_with(&*shim().file_name().unwrap().to_string_lossy()));
+    assert!(info["RssBytes"].as_u64().unwrap() > 0);
+    e.ok(&["tasks", "rm", "-f", "i1"]);
+    e.ok(&["containers", "rm", "i1"]);
+}
