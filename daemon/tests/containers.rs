@@ -479,11 +479,15 @@ fn on_pty(e: &Env, args: &[&str]) -> (Option<i32>, String) {
         line.push_str(&format!(" '{a}'"));
     }
     let mut cmd = Command::new("script");
+    // script's stdin stays open (never end-of-file, which script would pass on as ^D/^@)
     cmd.args(["-qefc", &line, "/dev/null"])
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = spawn_tied(cmd).unwrap().wait_with_output().unwrap();
+    let mut child = spawn_tied(cmd).unwrap();
+    let stdin = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).replace('\r', ""),
@@ -681,4 +685,224 @@ fn events_namespaces_info() {
     assert!(info["RssBytes"].as_u64().unwrap() > 0);
     e.ok(&["tasks", "rm", "-f", "i1"]);
     e.ok(&["containers", "rm", "i1"]);
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn task_pid(e: &Env, id: &str) -> u32 {
+    let ls = e.ok(&["tasks", "ls"]);
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no task {id}: {ls}"))
+}
+
+/// Runs `f` for every item on its own thread; panics (with every message) if any failed.
+fn all_at_once<T: Send + 'static>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<(), String> + Send + Sync + 'static,
+) {
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = items
+        .into_iter()
+        .map(|i| {
+            let f = f.clone();
+            std::thread::spawn(move || f(i))
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap().err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} failed:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+}
+
+fn rctr_result(address: &Path, fifo: &Path, args: &[&str]) -> Result<(), String> {
+    let mut cmd = Command::new(rctr_bin());
+    cmd.arg("--address")
+        .arg(address)
+        .args(args)
+        .env("RCTR_FIFO_DIR", fifo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = spawn_tied(cmd).unwrap().wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rctr {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn kill9_restart_reconnects_to_every_task() {
+    let mut e = env();
+    let started = Instant::now();
+    let (addr, fifo) = (e.rcd.address.clone(), e.dir.path().join("fifo"));
+    let image = e.image.clone();
+    // 20 that keep running, 3 that exit (3, 4, 5) once told to, while rcd is down
+    let mut ids: Vec<(String, Vec<String>)> = (0..20)
+        .map(|i| (format!("r{i}"), vec!["sleep".to_owned(), "1000".into()]))
+        .collect();
+    for code in 3..6 {
+        ids.push((
+            format!("x{code}"),
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("while [ ! -e /go ]; do sleep 0.05; done; exit {code}"),
+            ],
+        ));
+    }
+    all_at_once(ids.clone(), move |(id, cmd)| {
+        let mut args = vec!["run", "-d", image.as_str(), id.as_str()];
+        args.extend(cmd.iter().map(String::as_str));
+        rctr_result(&addr, &fifo, &args)
+    });
+    let pids: Vec<(String, u32)> = ids
+        .iter()
+        .map(|(id, _)| (id.clone(), task_pid(&e, id)))
+        .collect();
+    assert!(
+        e.tasks().iter().all(|(_, s)| s == "RUNNING"),
+        "{:?}",
+        e.tasks()
+    );
+
+    e.rcd.kill9();
+    // the containers outlive the daemon; three exit while it is down
+    assert!(pids.iter().all(|(_, p)| alive(*p)));
+    for code in 3..6 {
+        let rootfs = e.rcd.state.join(format!("tasks/default/x{code}/rootfs"));
+        std::fs::write(rootfs.join("go"), "").unwrap();
+    }
+    for (id, pid) in &pids {
+        if id.starts_with('x') {
+            wait_for("the exits", Duration::from_secs(10), || !alive(*pid));
+        }
+    }
+    e.rcd.spawn();
+    let tasks = e.tasks();
+    assert_eq!(tasks.len(), 23, "{tasks:?}");
+    for (id, status) in &tasks {
+        let want = match id.strip_prefix('x') {
+            Some(code) => format!("STOPPED (exit {code})"),
+            None => "RUNNING".to_owned(),
+        };
+        assert_eq!(status, &want, "{id}: {tasks:?}");
+    }
+    // the daemon drives them as before: exec, kill, wait, delete
+    assert_eq!(
+        e.ok(&["tasks", "exec", "--exec-id", "e", "r0", "echo", "still"]),
+        "still\n"
+    );
+    let (addr, fifo) = (e.rcd.address.clone(), e.dir.path().join("fifo"));
+    all_at_once(ids.iter().map(|(id, _)| id.clone()).collect(), move |id| {
+        rctr_result(&addr, &fifo, &["tasks", "rm", "-f", &id])?;
+        rctr_result(&addr, &fifo, &["containers", "rm", &id])
+    });
+    assert!(e.tasks().is_empty());
+    for (_, pid) in &pids {
+        assert!(!alive(*pid), "container process {pid} left behind");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn killed_shim_reports_the_task_stopped() {
+    let e = env();
+    e.ok(&["run", "-d", &e.image, "s1", "sleep", "1000"]);
+    let pid = task_pid(&e, "s1");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.rcd.state.join("tasks/default/s1/task.json")).unwrap(),
+    )
+    .unwrap();
+    let shim_pid = record["shim_pid"].as_u64().unwrap() as i32;
+    unsafe { libc::kill(shim_pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    wait_for("s1 reported stopped", Duration::from_secs(20), || {
+        e.status("s1").is_some_and(|s| s.starts_with("STOPPED ("))
+    });
+    eprintln!(
+        "s1 reported stopped {:?} after its shim was killed",
+        t0.elapsed()
+    );
+    assert_eq!(
+        e.status("s1").as_deref(),
+        Some("STOPPED (exit 137)"),
+        "{}",
+        e.rcd
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("rcd::task") || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // the container went with its shim, and the task goes
+    wait_for(
+        "the container process to go",
+        Duration::from_secs(10),
+        || !alive(pid),
+    );
+    let err = e.fail(&["tasks", "exec", "--exec-id", "e", "s1", "true"]);
+    assert!(err.contains("s1"), "{err}");
+    e.ok(&["tasks", "rm", "s1"]);
+    e.ok(&["containers", "rm", "s1"]);
+    assert!(!e.rcd.state.join("tasks/default/s1").exists());
+}
+
+#[test]
+fn fifty_containers_at_once() {
+    let e = env();
+    let started = Instant::now();
+    let ids: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    let (addr, fifo, image) = (
+        e.rcd.address.clone(),
+        e.dir.path().join("fifo"),
+        e.image.clone(),
+    );
+    all_at_once(ids.clone(), move |id| {
+        rctr_result(&addr, &fifo, &["run", "-d", &image, &id, "sleep", "1000"])
+    });
+    let tasks = e.tasks();
+    assert_eq!(tasks.len(), 50);
+    assert!(tasks.iter().all(|(_, s)| s == "RUNNING"), "{tasks:?}");
+    let (addr, fifo) = (e.rcd.address.clone(), e.dir.path().join("fifo"));
+    all_at_once(ids, move |id| {
+        rctr_result(&addr, &fifo, &["tasks", "rm", "-f", &id])?;
+        rctr_result(&addr, &fifo, &["containers", "rm", &id])
+    });
+    assert!(e.tasks().is_empty());
+    assert_eq!(e.ok(&["containers", "ls", "-q"]), "");
+    eprintln!("50 containers up and down in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }

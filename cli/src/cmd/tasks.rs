@@ -331,11 +331,14 @@ pub async fn run(client: &Client, cmd: TasksCommand) -> Result<()> {
             }
             let mut rows = vec![vec!["TASK".to_owned(), "PID".into(), "STATUS".into()]];
             for t in list {
-                let status = if t.status == pb::TaskStatus::Stopped as i32 {
-                    format!("STOPPED (exit {})", t.exit_status)
-                } else {
-                    status_name(t.status).to_owned()
-                };
+                // a stopped task without an exit time: rcd is still cleaning up after a
+                // dead shim and does not know the exit status yet
+                let status =
+                    if t.status == pb::TaskStatus::Stopped as i32 && !t.exited_at.is_empty() {
+                        format!("STOPPED (exit {})", t.exit_status)
+                    } else {
+                        status_name(t.status).to_owned()
+                    };
                 rows.push(vec![t.id, t.pid.to_string(), status]);
             }
             print!("{}", table(&rows));

@@ -83,6 +83,21 @@ fn process_pb(p: &ProcessState) -> pb::Process {
     }
 }
 
+/// How long a state call waits for the exit of an init whose shim just died (rcd records
+/// it once it has cleaned up after the shim).
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// A stopped init without an exit yet (its shim died and the clean-up is under way) gets
+/// the exit once rcd has it, rather than a made-up 0.
+async fn settled(tasks: &crate::task::TaskManager, ns: &str, mut st: ProcessState) -> ProcessState {
+    if st.exec_id.is_none() && st.status == TaskStatus::Stopped && st.exit.is_none() {
+        if let Ok(Ok(exit)) = tokio::time::timeout(SETTLE, tasks.wait(ns, &st.id, None)).await {
+            st.exit = Some(exit);
+        }
+    }
+    st
+}
+
 fn exec_id(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -215,6 +230,7 @@ impl pb::tasks_server::Tasks for TasksService {
             .state(&ns, &req.container_id, exec_id(&req.exec_id))
             .await
             .map_err(task_status)?;
+        let st = settled(&self.0.tasks, &ns, st).await;
         Ok(Response::new(pb::GetTaskResponse {
             process: Some(process_pb(&st)),
         }))
