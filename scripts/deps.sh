@@ -31,4 +31,13 @@ for svc in containerd docker-registry; do
   fi
 done
 
+# rcd's default pod network (bridge rcd0, 10.99.0.0/16, portmap, firewall), the same file
+# rcd::cni::default::install_default writes: only into a config dir that holds no network yet,
+# never over an admin's own. The tests use their own config dirs and bridges, not this one.
+cni_conf_dir=/etc/cni/net.d
+if ! compgen -G "$cni_conf_dir/*.conflist" >/dev/null && ! compgen -G "$cni_conf_dir/*.conf" >/dev/null \
+  && ! compgen -G "$cni_conf_dir/*.json" >/dev/null; then
+  install -D -m 0644 "$(dirname "$0")/../daemon/cni/10-rcd.conflist" "$cni_conf_dir/10-rcd.conflist"
+fi
+
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }

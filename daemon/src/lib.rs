@@ -5,6 +5,7 @@
 //! server (`server`, run by `src/bin/rcd.rs`).
 
 pub mod archive;
+pub mod cni;
 pub mod content;
 pub mod gc;
 pub mod image;

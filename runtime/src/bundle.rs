@@ -46,6 +46,86 @@ pub enum BundleError {
     OomScoreAdj { requested: i32, current: i32 },
 }
 
+/// Where [`libcontainer_compat`]'s rewritten config lives for container `id`: beside the
+/// container directories in runr's root, under a name no container id can take (`@`).
+pub fn compat_bundle_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(format!("bundle@{id}"))
+}
+
+/// The spec libcontainer 0.7 must be given so that it does what runc does with `spec`, or `None`
+/// when it reads `spec` correctly as it is. libcontainer reads `config.json` from the bundle
+/// itself, so a changed spec is written to [`compat_bundle_dir`] and that is passed instead.
+///
+/// - seccomp `SCMP_CMP_MASKED_EQ`: OCI (and libseccomp, runc) take `value` as the mask and
+///   `valueTwo` as the datum; libcontainer takes them the other way round, so Docker's rule
+///   "clone allowed when no namespace flag is set" became "clone always allowed".
+/// - `process.noNewPrivileges: false`: libcontainer treats any present value as set and then
+///   loads the seccomp filter at a point where loading fails; absent means the same as false.
+/// - relative `root.path` and bind-mount sources are made absolute (they are relative to the
+///   real bundle, not to the rewritten one).
+pub fn libcontainer_compat(spec: &Spec, bundle: &Path) -> Option<Spec> {
+    use oci_spec::runtime::LinuxSeccompOperator;
+    let mut out = spec.clone();
+    let mut changed = false;
+    if let Some(seccomp) = out
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.seccomp_mut().as_mut())
+    {
+        let mut syscalls = seccomp.syscalls().clone();
+        for sc in syscalls.iter_mut().flatten() {
+            let mut args = sc.args().clone();
+            for arg in args.iter_mut().flatten() {
+                if arg.op() == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                    let mask = arg.value();
+                    let datum = arg.value_two().unwrap_or(0);
+                    if let Ok(swapped) = oci_spec::runtime::LinuxSeccompArgBuilder::default()
+                        .index(arg.index())
+                        .value(datum)
+                        .value_two(mask)
+                        .op(arg.op())
+                        .build()
+                    {
+                        *arg = swapped;
+                        changed = true;
+                    }
+                }
+            }
+            sc.set_args(args);
+        }
+        seccomp.set_syscalls(syscalls);
+    }
+    if let Some(p) = out.process_mut().as_mut() {
+        if p.no_new_privileges() == Some(false) {
+            p.set_no_new_privileges(None);
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    if let Some(root) = out.root_mut().as_mut() {
+        if root.path().is_relative() {
+            let abs = bundle.join(root.path());
+            root.set_path(abs);
+        }
+    }
+    if let Some(mounts) = out.mounts_mut().as_mut() {
+        for m in mounts.iter_mut() {
+            let relative = m.source().as_ref().is_some_and(|s| s.is_relative());
+            let bind = m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+            if relative && bind {
+                let abs = bundle.join(m.source().as_ref().unwrap());
+                m.set_source(Some(abs));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Parses `config.json` of `bundle`, naming the offending field on error.
 pub fn load_spec(bundle: &Path) -> Result<Spec, BundleError> {
     if !bundle.is_dir() {
@@ -254,5 +334,40 @@ mod tests {
         ));
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(load_spec(d.path()), Err(BundleError::NoConfig(_))));
+    }
+
+    #[test]
+    fn compat_swaps_masked_eq_and_drops_false_no_new_privileges() {
+        let mut v = valid();
+        assert!(
+            libcontainer_compat(&serde_json::from_value(v.clone()).unwrap(), Path::new("/b"))
+                .is_none()
+        );
+        v["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [
+                {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 2114060288u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}
+            ]
+        });
+        v["process"]["noNewPrivileges"] = serde_json::json!(false);
+        v["mounts"] = serde_json::json!([
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]},
+            {"destination": "/proc", "type": "proc", "source": "proc"}
+        ]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let out = libcontainer_compat(&spec, Path::new("/b")).unwrap();
+        let out = serde_json::to_value(&out).unwrap();
+        let clone = &out["linux"]["seccomp"]["syscalls"][0]["args"][0];
+        assert_eq!(clone["value"], 0);
+        assert_eq!(clone["valueTwo"], 2114060288u64);
+        let pers = &out["linux"]["seccomp"]["syscalls"][1]["args"][0];
+        assert_eq!(pers["value"], 8);
+        assert!(out["process"].get("noNewPrivileges").is_none());
+        assert_eq!(out["mounts"][0]["source"], "/b/data");
+        assert_eq!(out["mounts"][1]["source"], "proc");
+        assert!(std::path::Path::new(out["root"]["path"].as_str().unwrap()).is_absolute());
     }
 }

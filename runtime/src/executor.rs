@@ -3,18 +3,27 @@
 use libcontainer::workload::{
     default::get_executor, Executor, ExecutorError, ExecutorValidationError,
 };
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 /// libcontainer's default executor, preceded by a reset of signal dispositions and the signal
 /// mask: runr ignores SIGPIPE (so a hook that closes its stdin early cannot kill it), and an
 /// ignored signal stays ignored across exec. The workload must start with the defaults, as it
 /// does under runc.
-#[derive(Clone)]
-pub struct RunrExecutor;
+///
+/// For `exec`, it also loads the container's seccomp filter: libcontainer 0.7 rebuilds the
+/// spec of an exec'd process without `linux.seccomp`, so the process would run unfiltered
+/// (runc filters it like the container's init).
+#[derive(Clone, Default)]
+pub struct RunrExecutor {
+    pub exec_seccomp: Option<LinuxSeccomp>,
+}
 
 impl Executor for RunrExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signals();
+        if let Some(seccomp) = &self.exec_seccomp {
+            load_exec_seccomp(seccomp)?;
+        }
         get_executor().exec(spec)
     }
 
@@ -61,4 +70,57 @@ fn reset_signals() {
             8usize,
         );
     }
+}
+
+/// Loads `seccomp` in the exec'd process, which by now has the container's capabilities. The
+/// kernel accepts a filter from a process with CAP_SYS_ADMIN or with no_new_privs; without the
+/// former, no_new_privs is set (runc loads the filter before dropping capabilities instead, which
+/// libcontainer's exec path gives no hook for): a setuid binary run by such an exec does not gain
+/// privileges.
+fn load_exec_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
+    if !has_effective_cap(21 /* CAP_SYS_ADMIN */) {
+        // SAFETY: prctl with integer arguments
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(ExecutorError::Other(format!(
+                "setting no_new_privs for the seccomp filter: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    match libcontainer::seccomp::initialize_seccomp(seccomp) {
+        Ok(None) => Ok(()),
+        Ok(Some(fd)) => {
+            // SAFETY: the fd was just returned to us and nothing else owns it
+            unsafe { libc::close(fd) };
+            Err(ExecutorError::Other(
+                "seccomp notify actions are not supported for exec".into(),
+            ))
+        }
+        Err(e) => Err(ExecutorError::Other(format!(
+            "loading the container's seccomp filter: {e}"
+        ))),
+    }
+}
+
+fn has_effective_cap(cap: u32) -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header and the two data structs v3 requires
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    r == 0 && data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0
 }

@@ -296,6 +296,50 @@ fn seccomp_errno_rule() {
 }
 
 #[test]
+fn seccomp_masked_eq_takes_value_as_mask_and_value_two_as_datum() {
+    // OCI: value = mask, valueTwo = datum (libseccomp's order). Deny chmod when
+    // (mode & 0o700) == 0o500: mode 0500 is refused, 0700 is not; the swapped reading
+    // ((mode & 0o500) == 0o500) would refuse both. Also noNewPrivileges: false with a filter.
+    let rt = Runtime::new();
+    let rule = |name: &str, index: u32| {
+        json!({"names": [name], "action": "SCMP_ACT_ERRNO",
+               "args": [{"index": index, "value": 0o700, "valueTwo": 0o500, "op": "SCMP_CMP_MASKED_EQ"}]})
+    };
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [rule("chmod", 1), rule("fchmodat", 2), rule("fchmod", 1)]
+    });
+    let id = rt.id("maskedeq");
+    let mut b = rt.busybox(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "touch /tmp/f; chmod 700 /tmp/f && echo a-ok; chmod 500 /tmp/f && echo b-ok; true",
+        ],
+    );
+    b.linux()["seccomp"] = profile;
+    b.process()["noNewPrivileges"] = json!(false);
+    b.save().unwrap();
+    rt.cmd(&["create", "-b", b.path().to_str().unwrap(), &id])
+        .ok();
+    assert_eq!(
+        rt.state(&id)["bundle"].as_str().unwrap(),
+        std::fs::canonicalize(b.path()).unwrap().to_str().unwrap(),
+        "state names the bundle it was given"
+    );
+    rt.cmd(&["delete", "--force", &id]).ok();
+    rt.assert_no_leftovers(&id);
+    rt.assert_root_empty();
+    let out = rt.run_fg(&b, &id);
+    rt.assert_no_leftovers(&id);
+    assert!(out.stdout.contains("a-ok"), "{out:?}");
+    assert!(!out.stdout.contains("b-ok"), "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+}
+
+#[test]
 fn seccomp_invalid_profile_fails() {
     let rt = Runtime::new();
     let id = rt.id("seccompbad");

@@ -248,3 +248,27 @@ fn exec_pid_is_gone_after_exit() {
     let ps = rt.cmd(&["ps", "-f", "json", &id]).ok().json();
     assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
 }
+
+#[test]
+fn exec_is_confined_by_the_containers_seccomp_filter() {
+    // an exec'd process must not escape the filter the container's init runs under
+    let rt = Runtime::new();
+    let id = rt.id("execseccomp");
+    let mut b = rt.busybox(&id, &["sleep", "600"]);
+    b.linux()["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    b.save().unwrap();
+    rt.run_detached(&b, &id);
+    let out = rt
+        .exec(&id, &["grep", "^Seccomp:", "/proc/self/status"])
+        .ok();
+    assert_eq!(out.stdout.split_whitespace().nth(1), Some("2"), "{out:?}");
+    let out = rt
+        .exec(&id, &["sh", "-c", "mkdir /tmp/d && echo made"])
+        .code_is(1);
+    assert!(!out.stdout.contains("made"), "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+}

@@ -29,5 +29,11 @@ pub fn delete(g: &Global, id: &str, force: bool) -> Result<()> {
         );
     }
     c.delete(force)
-        .with_context(|| format!("failed to delete container \"{id}\""))
+        .with_context(|| format!("failed to delete container \"{id}\""))?;
+    let compat = runr::bundle::compat_bundle_dir(&g.root, id);
+    if compat.exists() {
+        std::fs::remove_dir_all(&compat)
+            .with_context(|| format!("failed to remove {}", compat.display()))?;
+    }
+    Ok(())
 }

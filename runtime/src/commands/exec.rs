@@ -30,17 +30,23 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
     }
     // As runc does: the exec'd process starts from the container's own process (user, cwd,
     // env, capabilities, rlimits) with the flags applied on top; --process replaces it whole.
+    let spec = oci_spec::runtime::Spec::load(c.bundle().join("config.json"))
+        .with_context(|| format!("failed to read config of container \"{}\"", a.id))?;
     let process = match &a.process {
         Some(p) => read_process(p)?,
         None => {
             if a.command.is_empty() {
                 bail!("exec needs a command or --process FILE");
             }
-            let spec = oci_spec::runtime::Spec::load(c.bundle().join("config.json"))
-                .with_context(|| format!("failed to read config of container \"{}\"", a.id))?;
             process_from_flags(spec.process().clone().unwrap_or_default(), a)?
         }
     };
+    let exec_seccomp = runr::bundle::libcontainer_compat(&spec, c.bundle())
+        .as_ref()
+        .unwrap_or(&spec)
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().clone());
     let terminal = process.terminal().unwrap_or(false);
     if terminal && a.console_socket.is_none() && a.detach {
         bail!("a pseudo-TTY for a detached exec needs --console-socket");
@@ -54,7 +60,7 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
         foreground::become_subreaper();
     }
     let mut b = ContainerBuilder::new(a.id.clone(), SyscallType::default())
-        .with_executor(RunrExecutor)
+        .with_executor(RunrExecutor { exec_seccomp })
         .with_root_path(&g.root)?
         .with_console_socket(console_path.as_ref())
         .with_pid_file(a.pid_file.as_ref())?
