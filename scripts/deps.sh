@@ -9,6 +9,9 @@ PACKAGES=(
   # test fixtures and peers
   busybox-static docker-registry containernetworking-plugins skopeo umoci
   runc crun containerd
+  # the streaming tests' independent SPDY peer: moby/spdystream (kubelet's SPDY stack) and
+  # gorilla/websocket (client-go's), built offline in GOPATH mode with Debian's Go
+  golang-go golang-github-docker-spdystream-dev golang-github-gorilla-websocket-dev
   # tools the tests and scripts call
   iptables iproute2 jq procps util-linux hyperfine
 )

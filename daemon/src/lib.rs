@@ -16,4 +16,5 @@ pub mod server;
 pub mod snapshot;
 pub mod spec;
 pub mod task;
+pub mod streaming;
 pub mod unpack;
