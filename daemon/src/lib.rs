@@ -15,6 +15,6 @@ pub mod push;
 pub mod server;
 pub mod snapshot;
 pub mod spec;
-pub mod task;
 pub mod streaming;
+pub mod task;
 pub mod unpack;

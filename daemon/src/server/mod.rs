@@ -235,6 +235,12 @@ pub async fn serve(
         shim: daemon.settings.shim.clone(),
         started_at: chrono::Utc::now(),
     });
+    {
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || containers::remove_interrupted_creates(&d))
+            .await
+            .expect("undoing interrupted creates");
+    }
     tokio::spawn(containers::remove_stale_tasks(runtime.clone()));
     // One collection at start, as containerd's scheduler does: what a killed daemon left
     // (extraction snapshots, blobs of pulls whose lease expired) goes; leased work stays.
