@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rcd/v1/content.proto",
         "proto/rcd/v1/snapshots.proto",
         "proto/rcd/v1/leases.proto",
+        "proto/rcd/v1/containers.proto",
+        "proto/rcd/v1/tasks.proto",
+        "proto/rcd/v1/namespaces.proto",
+        "proto/rcd/v1/events.proto",
+        "proto/rcd/v1/introspection.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos {

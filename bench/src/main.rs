@@ -5,6 +5,7 @@ mod pull;
 mod runtime;
 mod shim;
 mod stats;
+mod tasks;
 mod unpack;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Cmd {
     Pull(pull::PullArgs),
     /// RSS and PSS per shim with N running containers: containerd's Go shim vs rshim.
     Shim(shim::ShimArgs),
+    /// Containers and tasks: rcd + rctr + rshim vs containerd + ctr (run --rm, detached
+    /// starts, daemon and shim memory).
+    Tasks(tasks::TasksArgs),
     /// Internal: one rcd pull + unpack + record into an empty root (measured by `pull`).
     #[command(name = "__pull-child", hide = true)]
     PullChild(pull::PullChildArgs),
@@ -46,6 +50,7 @@ fn main() {
         Cmd::Pull(a) => pull::main(a),
         Cmd::PullChild(a) => pull::child_main(a),
         Cmd::Shim(a) => shim::main(a),
+        Cmd::Tasks(a) => tasks::main(a),
     };
     if let Err(e) = r {
         eprintln!("rbench: error: {e:#}");

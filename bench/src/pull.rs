@@ -262,7 +262,7 @@ fn vm_hwm_kib(pid: u32) -> Result<u64> {
 }
 
 /// The containerd process serving `ctd` (found by its config path in the command line).
-fn containerd_pid(ctd: &Containerd) -> Result<u32> {
+pub(crate) fn containerd_pid(ctd: &Containerd) -> Result<u32> {
     let cfg = ctd.dir().join("config.toml").display().to_string();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;

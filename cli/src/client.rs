@@ -139,6 +139,44 @@ impl Client {
     }
 }
 
+/// The container half of the API (containers, tasks, namespaces, events, introspection).
+impl Client {
+    pub fn containers(&self) -> rcd_proto::v1::containers_client::ContainersClient<Svc> {
+        rcd_proto::v1::containers_client::ContainersClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn tasks(&self) -> rcd_proto::v1::tasks_client::TasksClient<Svc> {
+        rcd_proto::v1::tasks_client::TasksClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn namespaces(&self) -> rcd_proto::v1::namespaces_client::NamespacesClient<Svc> {
+        rcd_proto::v1::namespaces_client::NamespacesClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn events(&self) -> rcd_proto::v1::events_client::EventsClient<Svc> {
+        rcd_proto::v1::events_client::EventsClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn introspection(&self) -> rcd_proto::v1::introspection_client::IntrospectionClient<Svc> {
+        rcd_proto::v1::introspection_client::IntrospectionClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+}
+
 /// The message to print for a failed call: the daemon's message, or for transport failures
 /// (the daemon went away mid-call) a short description.
 pub fn status_message(address: &Path, s: &tonic::Status) -> String {

@@ -2,4 +2,5 @@
 //! they share: connecting to rcd's socket, the namespace header, error messages.
 
 pub mod client;
+pub mod cmd;
 pub mod format;

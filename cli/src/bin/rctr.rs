@@ -60,6 +60,30 @@ enum Command {
         #[command(subcommand)]
         command: LeasesCommand,
     },
+    /// Manage containers
+    #[command(alias = "container", alias = "c")]
+    Containers {
+        #[command(subcommand)]
+        command: rcd_cli::cmd::containers::ContainersCommand,
+    },
+    /// Manage tasks (a container's running processes)
+    #[command(alias = "task", alias = "t")]
+    Tasks {
+        #[command(subcommand)]
+        command: rcd_cli::cmd::tasks::TasksCommand,
+    },
+    /// Run a container (containers create + tasks start)
+    Run(rcd_cli::cmd::run::RunArgs),
+    /// Manage namespaces
+    #[command(alias = "namespace", alias = "ns")]
+    Namespaces {
+        #[command(subcommand)]
+        command: rcd_cli::cmd::namespaces::NamespacesCommand,
+    },
+    /// Print the daemon's events (FILTER: topic==/tasks/exit, namespace==NS, topic~=/tasks/)
+    Events { filters: Vec<String> },
+    /// Print what the daemon says about itself
+    Info,
     /// Print a shell completion script
     Completion {
         #[arg(value_enum)]
@@ -293,6 +317,13 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Reported>().is_none() => {
+            let (code, print) = rcd_cli::cmd::exit_code(&e);
+            if print {
+                eprintln!("rctr: {e:#}");
+            }
+            ExitCode::from(code)
+        }
         Err(e) => {
             if e.downcast_ref::<Reported>().is_none() {
                 eprintln!("rctr: {e:#}");
@@ -307,6 +338,12 @@ async fn run(cli: Cli) -> Result<()> {
     let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
     match cli.command {
         Command::Completion { .. } => unreachable!(),
+        Command::Containers { command } => rcd_cli::cmd::containers::run(&client, command).await?,
+        Command::Tasks { command } => rcd_cli::cmd::tasks::run(&client, command).await?,
+        Command::Run(args) => rcd_cli::cmd::run::run(&client, args).await?,
+        Command::Namespaces { command } => rcd_cli::cmd::namespaces::run(&client, command).await?,
+        Command::Events { filters } => rcd_cli::cmd::events::run(&client, filters).await?,
+        Command::Info => rcd_cli::cmd::info::run(&client).await?,
         Command::Version => {
             let v = client
                 .version()

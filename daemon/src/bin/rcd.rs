@@ -2,7 +2,10 @@
 //! Flags as containerd's: `--config`, `--root`, `--state`, `--address`, `--log-level`.
 
 use clap::Parser;
-use rcd::server::config::{Config, Settings, DEFAULT_ADDRESS, DEFAULT_ROOT, DEFAULT_STATE};
+use clap::Subcommand;
+use rcd::server::config::{
+    default_shim, Config, Settings, DEFAULT_ADDRESS, DEFAULT_ROOT, DEFAULT_STATE,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -25,6 +28,58 @@ struct Cli {
     /// trace, debug, info, warn, error [default: info]
     #[arg(short, long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Shim binary tasks run under [default: containerd-shim-runr-v2 next to rcd]
+    #[arg(long, value_name = "PATH")]
+    shim: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// What shims run to publish an event (read from stdin) to rcd, as containerd's
+    #[command(hide = true)]
+    Publish {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+/// `rcd --address A publish --topic T --namespace NS < event`: forwards the event to the
+/// daemon at A, or spools it in the state dir (`$RCD_STATE_DIR`, else --state) for the next
+/// one.
+fn publish(cli: &Cli, config: &Config, topic: &str, namespace: &str) -> ExitCode {
+    let address = cli
+        .address
+        .clone()
+        .or(config.address.clone())
+        .unwrap_or(DEFAULT_ADDRESS.into());
+    let state = cli
+        .state
+        .clone()
+        .or(config.state.clone())
+        .unwrap_or(DEFAULT_STATE.into());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rcd publish: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(rcd::task::publish_from_stdin(
+        &address, &state, namespace, topic,
+    )) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rcd publish: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -39,6 +94,9 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    if let Some(Sub::Publish { topic, namespace }) = &cli.command {
+        return publish(&cli, &config, topic, namespace);
+    }
     let level = cli
         .log_level
         .clone()
@@ -70,6 +128,10 @@ fn main() -> ExitCode {
             .or(config.address.clone())
             .unwrap_or(DEFAULT_ADDRESS.into()),
         registry: config.registry(),
+        shim: cli
+            .shim
+            .or(config.shim.clone())
+            .unwrap_or_else(default_shim),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,6 +23,10 @@
 //!
 //! The database file is locked: one [`Metadata`] (cheap to clone) per file and process.
 
+mod containers;
+
+pub use containers::{ContainerRecord, NamespaceRecord};
+
 use crate::content::Digest;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};

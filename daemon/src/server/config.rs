@@ -5,6 +5,7 @@
 //! state = "/run/rcd"             # runtime state
 //! address = "/run/rcd/rcd.sock"  # the gRPC socket
 //! log_level = "info"
+//! shim = "/usr/bin/containerd-shim-runc-v2"  # default: rshim next to rcd
 //!
 //! [registries."registry.k8s.io"]        # rcd::pull::RegistryConfig, see its docs
 //! [[registries."registry.k8s.io".mirrors]]
@@ -28,6 +29,10 @@ pub struct Config {
     pub state: Option<PathBuf>,
     pub address: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// The shim binary tasks run under (default: `containerd-shim-runr-v2` next to rcd's own
+    /// binary, else on $PATH); any shim v2 of containerd 1.6 works, e.g.
+    /// `containerd-shim-runc-v2`.
+    pub shim: Option<PathBuf>,
     /// Registry settings by host, as [`RegistryConfig::registries`].
     pub registries: BTreeMap<String, HostConfig>,
 }
@@ -73,6 +78,18 @@ pub struct Settings {
     pub state: PathBuf,
     pub address: PathBuf,
     pub registry: RegistryConfig,
+    pub shim: PathBuf,
+}
+
+/// The shim rcd runs tasks under when none is configured: rshim
+/// (`containerd-shim-runr-v2`) next to rcd's binary, else found on $PATH.
+pub fn default_shim() -> PathBuf {
+    const NAME: &str = "containerd-shim-runr-v2";
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(NAME)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(NAME))
 }
 
 #[cfg(test)]

@@ -16,10 +16,14 @@
 //! table in the same metadata DB (see `metadata/`) and its roots in `gc.rs`.
 
 pub mod config;
+mod containers;
+mod events;
 mod images;
 mod leases;
+mod namespaces;
 mod service;
 mod snapshots;
+mod tasks;
 
 pub use config::{Config, Settings};
 
@@ -27,6 +31,11 @@ use crate::content::ContentStore;
 use crate::metadata::Metadata;
 use crate::pull::Puller;
 use crate::snapshot::Snapshotter;
+use rcd_proto::v1::{
+    containers_server::ContainersServer, events_server::EventsServer,
+    introspection_server::IntrospectionServer, namespaces_server::NamespacesServer,
+    tasks_server::TasksServer,
+};
 use rcd_proto::v1::{
     content_server::ContentServer, images_server::ImagesServer, leases_server::LeasesServer,
     snapshots_server::SnapshotsServer, version_server::VersionServer,
@@ -58,6 +67,8 @@ pub enum ServeError {
     Metadata(#[from] crate::metadata::MetadataError),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -163,6 +174,7 @@ pub async fn serve(
         let root = settings.root.clone();
         tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
             let md = Metadata::open(root.join("meta.db"))?;
+            md.open_container_tables()?;
             let snapshotter = Snapshotter::open(root.join("overlayfs"), md.clone())?;
             Ok((md, snapshotter))
         })
@@ -176,7 +188,30 @@ pub async fn serve(
         );
     }
     let puller = Arc::new(Puller::new(store.clone(), settings.registry.clone()));
-    let listener = bind(&settings.address)?;
+    // Shims of running containers outlive a daemon: take them back before serving, so the
+    // first call sees every task with its true state.
+    let tasks = crate::task::TaskManager::new(crate::task::TaskManagerConfig::new(
+        &settings.state,
+        &settings.address,
+        &settings.shim,
+    ))
+    .await?;
+    let event_hub = events::EventHub::default();
+    event_hub.forward_tasks(&tasks);
+    let found = tasks.reconnect_all().await?;
+    if !found.is_empty() {
+        info!(
+            tasks = found.len(),
+            "reconnected to the shims of an earlier rcd"
+        );
+    }
+    let listener = match bind(&settings.address) {
+        Ok(l) => l,
+        Err(e) => {
+            tasks.close().await;
+            return Err(e);
+        }
+    };
     let address = settings.address.clone();
     info!(
         address = %address.display(),
@@ -193,6 +228,20 @@ pub async fn serve(
         puller,
         pullers: Default::default(),
     });
+    let runtime = Arc::new(containers::Runtime {
+        d: daemon.clone(),
+        tasks: tasks.clone(),
+        events: event_hub.clone(),
+        shim: daemon.settings.shim.clone(),
+        started_at: chrono::Utc::now(),
+    });
+    {
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || containers::remove_interrupted_creates(&d))
+            .await
+            .expect("undoing interrupted creates");
+    }
+    tokio::spawn(containers::remove_stale_tasks(runtime.clone()));
     // One collection at start, as containerd's scheduler does: what a killed daemon left
     // (extraction snapshots, blobs of pulls whose lease expired) goes; leased work stays.
     {
@@ -224,6 +273,17 @@ pub async fn serve(
             daemon.clone(),
         )))
         .add_service(LeasesServer::new(leases::LeasesService(daemon.clone())))
+        .add_service(ContainersServer::new(containers::ContainersService(
+            runtime.clone(),
+        )))
+        .add_service(TasksServer::new(tasks::TasksService(runtime.clone())))
+        .add_service(NamespacesServer::new(namespaces::NamespacesService(
+            runtime.clone(),
+        )))
+        .add_service(EventsServer::new(events::EventsService(event_hub)))
+        .add_service(IntrospectionServer::new(namespaces::IntrospectionService(
+            runtime.clone(),
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async {
         stop.notified().await;
@@ -237,6 +297,8 @@ pub async fn serve(
         r = server => r,
         _ = grace => Ok(()),
     };
+    // running containers and their shims stay; shims spool their events until the next rcd
+    tasks.close().await;
     match std::fs::remove_file(&address) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
