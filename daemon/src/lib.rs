@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cni;
 pub mod content;
+pub mod cri;
 pub mod gc;
 pub mod image;
 pub mod metadata;
@@ -15,6 +16,6 @@ pub mod push;
 pub mod server;
 pub mod snapshot;
 pub mod spec;
-pub mod task;
 pub mod streaming;
+pub mod task;
 pub mod unpack;
