@@ -108,7 +108,9 @@ pub fn main(a: ShimArgs) -> Result<()> {
         }
         None => path_with_rshim(),
     };
-    let ctd = Containerd::start("", &[("PATH", &path)])?;
+    // The shim finds runr next to itself; a --shim-dir of its own may have none.
+    let runr = rtest::runtime::runtime_binary().display().to_string();
+    let ctd = Containerd::start("", &[("PATH", &path), ("RSHIM_RUNTIME", &runr)])?;
     ctd.import(rtest::busybox_oci_archive(), None)?;
     let mut rows = vec![];
     for (name, runtime) in [

@@ -38,6 +38,14 @@ fn pull_list_content_remove_restart() {
         out.contains(&format!("{name}: {}", image.digest())),
         "{out}"
     );
+    let short = &image.config.digest["sha256:".len()..][..12];
+    assert!(
+        out.contains(&format!("unpack-{short}: unpacking   1 layers"))
+            && out.contains(&format!(
+                "unpack-{short}: done        1 of 1 layers applied"
+            )),
+        "{out}"
+    );
     // unpacked into the layer's snapshot (one layer: chain ID = diff ID)
     assert!(
         out.contains(&format!("unpacked linux/amd64 {}: ", image.diff_ids()[0])),
@@ -82,6 +90,7 @@ fn pull_list_content_remove_restart() {
     // A second pull finds every blob in the store.
     let again = rcd.ok(&["images", "pull", &name]);
     assert!(again.contains("exists"), "{again}");
+    assert!(again.contains("0 of 1 layers applied"), "{again}");
 
     // rm: gone from the list; rm of a missing image names it, exit 1.
     assert_eq!(

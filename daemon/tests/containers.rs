@@ -906,3 +906,29 @@ fn fifty_containers_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn interrupted_create_is_undone_at_restart() {
+    let mut e = env();
+    let snaps = e.ok(&["snapshots", "ls"]);
+    let top = snaps
+        .lines()
+        .find(|l| l.contains("Committed") || l.contains("committed"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no committed snapshot: {snaps}"))
+        .to_owned();
+    // what a daemon killed in the middle of `containers create ghost` leaves
+    e.ok(&["snapshots", "prepare", "ghost", &top]);
+    let marker = e.rcd.state.join("spec-mounts/default/ghost");
+    std::fs::create_dir_all(&marker).unwrap();
+    // and a container whose create finished keeps its snapshot
+    e.ok(&["containers", "create", &e.image, "kept"]);
+    std::fs::create_dir_all(e.rcd.state.join("spec-mounts/default/kept")).unwrap();
+    e.rcd.kill9();
+    e.rcd.spawn();
+    let snaps = e.ok(&["snapshots", "ls"]);
+    assert!(!snaps.contains("ghost"), "{snaps}");
+    assert!(snaps.contains("kept"), "{snaps}");
+    assert!(!marker.exists());
+    e.ok(&["containers", "rm", "kept"]);
+}

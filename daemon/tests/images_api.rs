@@ -185,11 +185,13 @@ fn lease_resources(rcd: &Rcd) -> usize {
 #[test]
 fn killed_mid_download_then_pull_again() {
     // once a layer's ingest holds over 1 MiB and the pull's lease holds a blob (the config)
+    // (the slow lease check first: the ingest is checked just before the kill)
     let ready = |rcd: &Rcd| {
         let ingest = rcd.root.join("content/ingest");
-        entries(&ingest).iter().any(|e| {
-            std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
-        }) && lease_resources(rcd) > 0
+        lease_resources(rcd) > 0
+            && entries(&ingest).iter().any(|e| {
+                std::fs::metadata(ingest.join(e).join("data")).is_ok_and(|m| m.len() > 1 << 20)
+            })
     };
     let image = big_image();
     let (out, kept) = kill_mid_pull(&image, ready, "mid-download");
@@ -403,6 +405,8 @@ fn mount_and_unmount() {
     std::fs::write(&file, b"").unwrap();
     let err = rcd.fail(&["images", "mount", &name, file.to_str().unwrap()]);
     assert!(err.contains("not a directory"), "{err}");
+    let err = rcd.fail(&["images", "mount", &name, "/"]);
+    assert!(err.contains("refusing to mount over it"), "{err}");
     assert!(!is_mounted(&target));
     assert_eq!(rcd.ok(&["images", "ls", "-q"]), format!("{name}\n"));
 }
@@ -588,4 +592,258 @@ fn concurrent_pulls_and_namespaces() {
     // an image of another namespace keeps its blobs from `content rm` too
     let err = rcd.fail(&["content", "rm", image.config.digest.as_str()]);
     assert!(err.contains("namespace \"other\""), "{err}");
+}
+
+/// Layers the daemon must refuse: a diff ID that does not match the config, a path escaping
+/// the rootfs. The pull fails naming the image and the layer; no image, and after a
+/// collection nothing of it is left (blobs, snapshots, snapshot directories, ingests).
+#[test]
+fn hostile_images_leave_nothing() {
+    let reg = Registry::start().unwrap();
+    let lying = ImageBuilder::new()
+        .layer(busybox_layer().clone())
+        .edit_config(|c| {
+            c["rootfs"]["diff_ids"][0] = serde_json::json!(format!("sha256:{}", "0".repeat(64)))
+        })
+        .build()
+        .unwrap();
+    reg.push(&lying, "lying", "1").unwrap();
+    let escape = ImageBuilder::new()
+        .layer(busybox_layer().clone())
+        .layer_tar(
+            TarBuilder::new()
+                .raw(
+                    tar::EntryType::Regular,
+                    b"../../escaped",
+                    None,
+                    0o644,
+                    b"x",
+                    0,
+                    0,
+                )
+                .finish(),
+        )
+        .build()
+        .unwrap();
+    reg.push(&escape, "escape", "1").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+
+    let name = reg.image_ref("lying", "1");
+    let err = rcd.fail(&["images", "pull", &name]);
+    assert!(
+        err.contains(&name) && err.contains("diff ID") && err.contains(lying.layer_digests()[0]),
+        "{err}"
+    );
+    let name = reg.image_ref("escape", "1");
+    let err = rcd.fail(&["images", "pull", &name]);
+    assert!(
+        err.contains(&name) && err.contains("escapes the destination"),
+        "{err}"
+    );
+    // "../../escaped" from a snapshot's fs dir would be here
+    assert!(!rcd.root.join("overlayfs/snapshots/escaped").exists());
+    assert!(!rcd.root.join("overlayfs/snapshots/1/escaped").exists());
+    assert_eq!(rcd.ok(&["images", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["leases", "ls", "-q"]), "");
+
+    rcd.ok(&["images", "prune"]);
+    assert_eq!(rcd.ok(&["content", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["snapshots", "ls", "-q"]), "");
+    assert_eq!(
+        entries(&rcd.root.join("overlayfs/snapshots")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+}
+
+/// `kill -9` at many points of a pull (from before the first byte to after the record):
+/// after each restart the image is either whole or absent, never broken, and the snapshot
+/// directories match the records once collected; the last pull completes.
+#[test]
+fn kill_at_any_point_of_a_pull() {
+    let reg = Registry::start().unwrap();
+    let image = many_layers_image();
+    reg.push(&image, "any", "1").unwrap();
+    let name = reg.image_ref("any", "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rcd = Rcd::start(tmp.path());
+    let mut whole = 0;
+    for delay_ms in [0u64, 50, 200, 500, 900, 1400, 2500] {
+        let mut client = spawn_pull(&rcd, &name);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        rcd.kill9();
+        let _ = client.wait();
+        rcd.spawn();
+        let ls = rcd.ok(&["images", "ls"]);
+        assert!(
+            !ls.contains("broken"),
+            "after a kill at {delay_ms} ms: {ls}"
+        );
+        if ls.contains(&name) {
+            assert!(ls.contains("unpacked"), "{ls}");
+            whole += 1;
+            rcd.ok(&["images", "rm", "--sync", &name]);
+        }
+        // the killed pulls' leases keep their work; released, a collection takes it all
+        for id in rcd.ok(&["leases", "ls", "-q"]).lines() {
+            rcd.ok(&["leases", "rm", id]);
+        }
+        rcd.ok(&["images", "prune"]);
+        assert_eq!(rcd.ok(&["snapshots", "ls", "-q"]), "", "at {delay_ms} ms");
+        assert_eq!(rcd.ok(&["content", "ls", "-q"]), "", "at {delay_ms} ms");
+        assert_eq!(
+            entries(&rcd.root.join("overlayfs/snapshots")),
+            Vec::<String>::new(),
+            "at {delay_ms} ms"
+        );
+    }
+    eprintln!("{whole} of 7 kills came after the image was recorded");
+    let out = rcd.ok(&["images", "pull", &name]);
+    assert!(
+        out.contains(&format!("{name}: {}", image.digest())),
+        "{out}"
+    );
+    rcd.ok(&["images", "prune"]);
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+}
+
+/// export writes an OCI layout tar with Docker's manifest.json; push sends an image to a
+/// registry under another name, and it pulls back whole; bad inputs leave nothing.
+#[test]
+fn export_and_push() {
+    let (reg, name) = registry_with_busybox();
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+    rcd.ok(&["images", "pull", &name]);
+
+    let out = tmp.path().join("busybox.tar");
+    rcd.ok(&["images", "export", out.to_str().unwrap(), &name]);
+    let list = Command::new("tar").arg("-tf").arg(&out).output().unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in ["oci-layout", "index.json", "manifest.json"] {
+        assert!(list.lines().any(|l| l == f), "{f} missing:\n{list}");
+    }
+    for d in image
+        .layer_digests()
+        .into_iter()
+        .chain([image.digest(), image.config.digest.as_str()])
+    {
+        let blob = format!("blobs/sha256/{}", &d["sha256:".len()..]);
+        assert!(list.lines().any(|l| l == blob), "{blob} missing:\n{list}");
+    }
+    // to stdout, byte for byte the same archive
+    let piped = rcd.rctr(&["images", "export", "-", &name]);
+    assert!(piped.status.success());
+    assert_eq!(piped.stdout, std::fs::read(&out).unwrap());
+    let missing = tmp.path().join("missing.tar");
+    let err = rcd.fail(&[
+        "images",
+        "export",
+        missing.to_str().unwrap(),
+        "nothing:here",
+    ]);
+    assert!(
+        err.contains("not found") && err.contains("nothing:here"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    let remote = reg.image_ref("pushed/busybox", "copy");
+    let out = rcd.ok(&["images", "push", "--plain-http", &remote, &name]);
+    assert!(
+        out.contains(&format!("{remote}: {}", image.digest())),
+        "{out}"
+    );
+    assert_eq!(
+        reg.manifest_digest("pushed/busybox", "copy")
+            .unwrap()
+            .as_deref(),
+        Some(image.digest())
+    );
+    // pushed again: the registry has every blob
+    let out = rcd.ok(&["images", "push", "--plain-http", &remote, &name]);
+    assert!(out.contains("uploaded: 0"), "{out}");
+    rcd.ok(&["-n", "other", "images", "pull", &remote]);
+    let ls = rcd.ok(&["-n", "other", "images", "ls"]);
+    assert!(ls.contains(&remote) && ls.contains(" unpacked"), "{ls}");
+
+    let err = rcd.fail(&["images", "push", &remote, "nothing:here"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = rcd.fail(&["images", "push", "Bad Ref!", &name]);
+    assert!(err.contains("invalid image reference"), "{err}");
+}
+
+/// import of a Docker `save` archive and of rcd's own export (round trip): recorded,
+/// unpacked, mountable content; a bad archive is refused and leaves nothing.
+#[test]
+fn import_archives() {
+    let (_reg, name) = registry_with_busybox();
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let rcd = Rcd::start(tmp.path());
+
+    // docker save shape
+    let docker = tmp.path().join("docker.tar");
+    image
+        .write_docker_archive(&docker, "example.com/saved:1")
+        .unwrap();
+    let out = rcd.ok(&["-n", "imp", "images", "import", docker.to_str().unwrap()]);
+    assert!(out.starts_with("example.com/saved:1: sha256:"), "{out}");
+    let ls = rcd.ok(&["-n", "imp", "images", "ls"]);
+    assert!(
+        ls.contains("example.com/saved:1") && ls.contains(" unpacked"),
+        "{ls}"
+    );
+    let doc = json(&rcd.ok(&["-n", "imp", "images", "inspect", "example.com/saved:1"]));
+    assert_eq!(
+        doc["configDescriptor"]["digest"],
+        image.config.digest.as_str()
+    );
+
+    // round trip: rcd's export imports back as the same image
+    rcd.ok(&["images", "pull", &name]);
+    let tar = tmp.path().join("export.tar");
+    rcd.ok(&["images", "export", tar.to_str().unwrap(), &name]);
+    let out = rcd.ok(&[
+        "-n",
+        "round",
+        "images",
+        "import",
+        "--no-unpack",
+        tar.to_str().unwrap(),
+    ]);
+    assert_eq!(out, format!("{name}: {}\n", image.digest()));
+    let ls = rcd.ok(&["-n", "round", "images", "ls"]);
+    assert!(
+        ls.contains("not unpacked") && !ls.contains("broken"),
+        "{ls}"
+    );
+
+    // garbage: refused, nothing new in the store, no ingests
+    let before = rcd.ok(&["content", "ls", "-q"]);
+    let bad = tmp.path().join("bad.tar");
+    std::fs::write(&bad, b"not an archive at all").unwrap();
+    let err = rcd.fail(&["-n", "bad", "images", "import", bad.to_str().unwrap()]);
+    assert!(err.contains("import"), "{err}");
+    assert_eq!(rcd.ok(&["-n", "bad", "images", "ls", "-q"]), "");
+    assert_eq!(rcd.ok(&["content", "ls", "-q"]), before);
+    assert_eq!(
+        entries(&rcd.root.join("content/ingest")),
+        Vec::<String>::new()
+    );
+    let err = rcd.fail(&[
+        "images",
+        "import",
+        tmp.path().join("nope.tar").to_str().unwrap(),
+    ]);
+    assert!(err.contains("opening") && err.contains("nope.tar"), "{err}");
 }

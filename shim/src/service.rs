@@ -5,7 +5,7 @@ use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{Message, MessageField, MessageFull};
+use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::{self, TtrpcContext};
 use std::collections::HashMap;
@@ -83,9 +83,12 @@ fn ts(t: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(ts)
 }
 
-fn any<M: MessageFull>(m: &M) -> Any {
+/// Packs an event under its protobuf name (what containerd's typeurl looks up). The name is
+/// spelled out: asking protobuf for it builds the reflection tables of the whole proto
+/// file, hundreds of KiB of heap kept for the shim's life.
+fn any<M: Message>(name: &str, m: &M) -> Any {
     let mut a = Any::new();
-    a.type_url = M::descriptor().full_name().to_owned();
+    a.type_url = format!("containerd.events.{name}");
     a.value = m.write_to_bytes().unwrap_or_default();
     a
 }
@@ -228,8 +231,6 @@ impl Service {
         );
         p.exit = Some(e);
         p.status = Status::STOPPED;
-        // The stdin writer kept for the process is of no use any more.
-        p.held.stdin_keep = None;
         write_exit_file(bundle, cid, exec_id, &e);
         let mut m = ev::TaskExit::new();
         m.container_id = cid.into();
@@ -241,7 +242,8 @@ impl Service {
         m.pid = e.pid as u32;
         m.exit_status = e.status;
         m.exited_at = ts(e.at);
-        self.events.publish(topics::TASK_EXIT_EVENT_TOPIC, any(&m));
+        self.events
+            .publish(topics::TASK_EXIT_EVENT_TOPIC, any("TaskExit", &m));
     }
 
     /// Registers `pid` for `p`, catching an exit reaped before the pid was known.
@@ -318,7 +320,7 @@ impl Service {
                 m.io = MessageField::some(io);
                 m.pid = pid as u32;
                 self.events
-                    .publish(topics::TASK_CREATE_EVENT_TOPIC, any(&m));
+                    .publish(topics::TASK_CREATE_EVENT_TOPIC, any("TaskCreate", &m));
                 let mut resp = api::CreateTaskResponse::new();
                 resp.pid = pid as u32;
                 Ok(resp)
@@ -493,7 +495,8 @@ impl Service {
             let mut m = ev::TaskStart::new();
             m.container_id = req.id.clone();
             m.pid = pid as u32;
-            self.events.publish(topics::TASK_START_EVENT_TOPIC, any(&m));
+            self.events
+                .publish(topics::TASK_START_EVENT_TOPIC, any("TaskStart", &m));
             pid
         } else {
             let r = self.spawn_process(&req.id, &req.exec_id, &bundle, &runtime, &mut p);
@@ -520,10 +523,13 @@ impl Service {
             m.container_id = req.id.clone();
             m.exec_id = req.exec_id.clone();
             m.pid = pid as u32;
-            self.events
-                .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, any(&m));
+            self.events.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                any("TaskExecStarted", &m),
+            );
             pid
         };
+        crate::drop_mapped_text();
         let mut resp = api::StartResponse::new();
         resp.pid = pid as u32;
         Ok(resp)
@@ -553,6 +559,9 @@ impl Service {
             if let Some(s) = &p.spec {
                 let _ = std::fs::remove_file(s);
             }
+            drop(all);
+            // A Wait on a process that never ran ends now, with not found.
+            self.cv.notify_all();
             resp.pid = p.pid.max(0) as u32;
             if let Some(e) = p.exit {
                 resp.exit_status = e.status;
@@ -628,7 +637,7 @@ impl Service {
         m.exit_status = status;
         m.exited_at = ts(at);
         self.events
-            .publish(topics::TASK_DELETE_EVENT_TOPIC, any(&m));
+            .publish(topics::TASK_DELETE_EVENT_TOPIC, any("TaskDelete", &m));
         tracing::info!(container = req.id, remaining = !empty, "deleted");
         Ok(resp)
     }
@@ -667,8 +676,10 @@ impl Service {
         let mut m = ev::TaskExecAdded::new();
         m.container_id = req.id.clone();
         m.exec_id = req.exec_id.clone();
-        self.events
-            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, any(&m));
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            any("TaskExecAdded", &m),
+        );
         Ok(())
     }
 
@@ -861,7 +872,7 @@ impl containerd_shim_protos::Task for Service {
         let mut m = ev::TaskPaused::new();
         m.container_id = req.id.clone();
         self.events
-            .publish(topics::TASK_PAUSED_EVENT_TOPIC, any(&m));
+            .publish(topics::TASK_PAUSED_EVENT_TOPIC, any("TaskPaused", &m));
         Ok(empty())
     }
 
@@ -876,7 +887,7 @@ impl containerd_shim_protos::Task for Service {
         let mut m = ev::TaskResumed::new();
         m.container_id = req.id.clone();
         self.events
-            .publish(topics::TASK_RESUMED_EVENT_TOPIC, any(&m));
+            .publish(topics::TASK_RESUMED_EVENT_TOPIC, any("TaskResumed", &m));
         Ok(empty())
     }
 
@@ -922,7 +933,9 @@ impl containerd_shim_protos::Task for Service {
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> Res<api::Empty> {
         self.with(&req.id, &req.exec_id, |_, p| {
             if req.stdin {
-                p.held.stdin_keep = None;
+                if let Some(s) = &p.held.stdin {
+                    s.close();
+                }
             }
             Ok(())
         })?;
@@ -1022,7 +1035,43 @@ mod tests {
 
     #[test]
     fn event_type_urls_are_containerd_names() {
-        let a = any(&ev::TaskExit::new());
-        assert_eq!(a.type_url, "containerd.events.TaskExit");
+        use containerd_shim_protos::protobuf::MessageFull;
+        // The spelled-out names are the messages' own.
+        for (name, full) in [
+            (
+                "TaskExit",
+                ev::TaskExit::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskCreate",
+                ev::TaskCreate::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskStart",
+                ev::TaskStart::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskDelete",
+                ev::TaskDelete::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskExecAdded",
+                ev::TaskExecAdded::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskExecStarted",
+                ev::TaskExecStarted::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskPaused",
+                ev::TaskPaused::descriptor().full_name().to_owned(),
+            ),
+            (
+                "TaskResumed",
+                ev::TaskResumed::descriptor().full_name().to_owned(),
+            ),
+        ] {
+            assert_eq!(any(name, &ev::TaskExit::new()).type_url, full);
+        }
     }
 }

@@ -2,27 +2,31 @@
 //!
 //! Without a terminal the process gets the FIFOs themselves, no copying: the shim keeps a
 //! reader open on each output FIFO (so the process never dies of SIGPIPE when the client goes
-//! away, and nothing written before the client opens its end is lost) and a writer on the
-//! input FIFO (so the process does not read EOF before the client opens it) until CloseIO.
-//! The client sees EOF on the output once the process and everything it forked close it.
+//! away, and nothing written before the client opens its end is lost). The client sees EOF
+//! on the output once the process and everything it forked close it. Stdin alone is copied
+//! (into a pipe), so the process reads EOF neither before the client comes nor later than
+//! CloseIO.
 //!
 //! With a terminal the runtime sends the pty master over a console socket and one small
 //! thread copies between it and the FIFOs.
 
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::Error;
 
 /// What the shim holds for a process's life.
 #[derive(Default)]
 pub struct Held {
-    /// Writer on the stdin FIFO; dropped on CloseIO so the process reads EOF.
-    pub stdin_keep: Option<File>,
+    /// The stdin copier, closed on CloseIO.
+    pub stdin: Option<StdinCopy>,
     /// Readers on output FIFOs.
     pub readers: Vec<File>,
     /// The pty master (for ResizePty).
@@ -94,37 +98,94 @@ fn open_output(uri: &str, what: &str, held: &mut Held) -> Result<Option<File>, E
     Ok(Some(f))
 }
 
-fn open_input(uri: &str, held: &mut Held, keep: bool) -> Result<Option<File>, Error> {
+fn open_input(uri: &str, for_copier: bool, held: &mut Held) -> Result<Option<File>, Error> {
     let Some(p) = target(uri, "stdin")? else {
         return Ok(None);
     };
     if !is_fifo(&p) {
         return Ok(Some(File::open(&p).map_err(io_err("stdin", &p))?));
     }
-    if keep {
-        let w = OpenOptions::new()
+    if for_copier {
+        // Polled: a reader opened before the client's writer sees neither data nor hang-up
+        // until the client has come and gone.
+        let r = OpenOptions::new()
             .read(true)
-            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&p)
             .map_err(io_err("stdin", &p))?;
-        held.stdin_keep = Some(w);
-        let r = File::open(&p).map_err(io_err("stdin", &p))?;
         return Ok(Some(r));
     }
-    // For the tty copier: non-blocking, it polls.
-    let r = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&p)
-        .map_err(io_err("stdin", &p))?;
-    Ok(Some(r))
+    let (child, copy) = StdinCopy::start(p)?;
+    held.stdin = Some(copy);
+    Ok(Some(child))
+}
+
+/// The one input the shim copies: the process reads a pipe, fed from the stdin FIFO once the
+/// client's writer is there. The process reads EOF when the client closes the FIFO, or on
+/// CloseIO, and never before the client came.
+pub struct StdinCopy {
+    writer: Arc<Mutex<Option<File>>>,
+    path: PathBuf,
+    done: Arc<AtomicBool>,
+}
+
+impl StdinCopy {
+    fn start(path: PathBuf) -> Result<(File, StdinCopy), Error> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Failed(format!("creating the stdin pipe: {e}")))?;
+        let writer = Arc::new(Mutex::new(Some(File::from(w))));
+        let done = Arc::new(AtomicBool::new(false));
+        let (w2, d2, p2) = (writer.clone(), done.clone(), path.clone());
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                // Blocks until the client opens its writer (or Drop opens one to end this).
+                if let Ok(mut fifo) = File::open(&p2) {
+                    let mut buf = vec![0u8; 8192];
+                    while let Ok(n) = fifo.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut w = w2.lock().unwrap();
+                        let written = w.as_mut().is_some_and(|f| f.write_all(&buf[..n]).is_ok());
+                        if !written {
+                            break;
+                        }
+                    }
+                }
+                *w2.lock().unwrap() = None;
+                d2.store(true, Ordering::SeqCst);
+            })
+            .map_err(|e| Error::Io("starting the stdin copier".into(), e))?;
+        Ok((File::from(r), StdinCopy { writer, path, done }))
+    }
+
+    /// CloseIO: the process reads EOF once it has read what was copied.
+    pub fn close(&self) {
+        *self.writer.lock().unwrap() = None;
+    }
+}
+
+impl Drop for StdinCopy {
+    fn drop(&mut self) {
+        self.close();
+        if !self.done.load(Ordering::SeqCst) {
+            // A copier still waiting for a client: meet its open with a writer that closes
+            // at once, so it reads EOF and ends.
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path);
+        }
+    }
 }
 
 /// Opens the stdio of a process without a terminal.
 pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(Held, ForChild), Error> {
     let mut held = Held::default();
     let child = ForChild {
-        stdin: open_input(stdin, &mut held, true)?,
+        stdin: open_input(stdin, false, &mut held)?,
         stdout: open_output(stdout, "stdout", &mut held)?,
         stderr: open_output(stderr, "stderr", &mut held)?,
     };
@@ -213,7 +274,7 @@ pub fn start_tty_copy(
     stdout: &str,
     held: &mut Held,
 ) -> Result<(), Error> {
-    let input = open_input(stdin, held, false)?;
+    let input = open_input(stdin, true, held)?;
     let output = open_output(stdout, "stdout", held)?;
     let master = master
         .try_clone()

@@ -285,6 +285,49 @@ fn detached_task_exec_ps_pause_metrics_kill() {
     assert_clean_stop(ctd);
 }
 
+/// What ctr gets on stdin reaches the container, which then reads EOF (CloseIO).
+#[test]
+fn stdin_reaches_the_container_then_eof() {
+    let ctd = start(&[]);
+    let id = ctd.container_id("rs-in");
+    let cg = ctd.cgroup_for(&id);
+    let args = run_args(
+        &ctd,
+        &id,
+        &cg,
+        &["--rm"],
+        &["sh", "-c", "cat; echo after-eof"],
+    );
+    let (_, ctr) = Containerd::binaries().unwrap();
+    let mut child = Command::new(ctr)
+        .env("CONTAINERD_SNAPSHOTTER", "overlayfs")
+        .arg("--address")
+        .arg(ctd.address())
+        .arg("--namespace")
+        .arg(ctd.namespace())
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"line-one\nline-two\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "line-one\nline-two\nafter-eof\n",
+        "stderr: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctd.log_tail(30)
+    );
+    assert!(out.status.success());
+    assert_clean_stop(ctd);
+}
+
 /// `ctr run -t`: the container's init gets a pty, its output and exit code come back.
 #[test]
 fn run_with_tty() {
@@ -370,6 +413,12 @@ fn killed_shim_leaves_task_stopped() {
     assert!(
         rtest::runtime::poll_until(Duration::from_secs(10), || !pid_alive(init)),
         "container init {init} outlived its shim's cleanup"
+    );
+    // containerd's clean-up runs the shim's `delete` action in the background: let it end.
+    assert!(
+        rtest::runtime::poll_until(Duration::from_secs(30), || shims_of(&id).is_empty()),
+        "shim delete action still running: {:?}",
+        shims_of(&id)
     );
     if ctd.task_status(&id).unwrap().is_some() {
         ctd.ctr_ok(&["tasks", "delete", &id]).unwrap();

@@ -155,6 +155,44 @@ enum ImagesCommand {
     /// Unmount an image mounted with `images mount`, removing its snapshot
     #[command(alias = "umount")]
     Unmount { target: PathBuf },
+    /// Write images to OUT ("-": stdout) as an OCI image layout tar with Docker's
+    /// manifest.json (docker load, skopeo and ctr import read it)
+    Export {
+        /// Platform of an index for manifest.json (default: the daemon's)
+        #[arg(long)]
+        platform: Option<String>,
+        out: PathBuf,
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Import images from an archive ("-": stdin): an OCI image layout or a Docker `save` tar,
+    /// plain, gzip or zstd; every named image is recorded and unpacked
+    Import {
+        /// Name for images an OCI layout names by tag only (BASE:tag)
+        #[arg(long)]
+        base_name: Option<String>,
+        /// Record only; do not unpack into snapshots
+        #[arg(long)]
+        no_unpack: bool,
+        /// The platform of an index to record and unpack (default: the daemon's)
+        #[arg(long)]
+        platform: Option<String>,
+        file: PathBuf,
+    },
+    /// Push an image to a registry: REMOTE [LOCAL] (LOCAL defaults to REMOTE)
+    Push {
+        /// Push only this platform's manifest of an index
+        #[arg(long)]
+        platform: Option<String>,
+        /// Reach the registry over plain HTTP
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry credentials, USER:PASSWORD
+        #[arg(short, long, value_name = "USER:PASS")]
+        user: Option<String>,
+        remote: String,
+        local: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,6 +464,24 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(st)?;
                 println!("{target}");
             }
+            ImagesCommand::Export {
+                platform,
+                out,
+                references,
+            } => export(&client, platform, out, references).await?,
+            ImagesCommand::Import {
+                base_name,
+                no_unpack,
+                platform,
+                file,
+            } => import(&client, base_name, no_unpack, platform, file).await?,
+            ImagesCommand::Push {
+                platform,
+                plain_http,
+                user,
+                remote,
+                local,
+            } => push(&client, platform, plain_http, user, remote, local).await?,
             ImagesCommand::Unmount { target } => {
                 let target = absolute(&target)?;
                 client
@@ -856,8 +912,17 @@ impl Line {
         let short = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
         let short = &short[..short.len().min(12)];
         let what = format!("{}-{short}", self.kind);
+        if self.kind == "unpack" {
+            return match self.state.as_str() {
+                "done" => format!(
+                    "{what}: {:<11} {} of {} layers applied",
+                    "done", self.offset, self.total
+                ),
+                s => format!("{what}: {s:<11} {} layers", self.total),
+            };
+        }
         match self.state.as_str() {
-            "downloading" | "waiting" => format!(
+            "downloading" | "uploading" | "waiting" => format!(
                 "{what}: {:<11} {} / {}",
                 self.state,
                 human_size(self.offset),
@@ -877,20 +942,7 @@ async fn pull(
     no_unpack: bool,
     reference: String,
 ) -> Result<()> {
-    let (username, password) = match user {
-        None => (String::new(), String::new()),
-        Some(u) => match u.split_once(':') {
-            Some((u, p)) => (u.to_owned(), p.to_owned()),
-            None => {
-                // ctr prompts for the password; read it from stdin's first line instead.
-                let mut p = String::new();
-                std::io::stdin()
-                    .read_line(&mut p)
-                    .context("reading the password from stdin")?;
-                (u, p.trim_end_matches(['\r', '\n']).to_owned())
-            }
-        },
-    };
+    let (username, password) = credentials(user)?;
     let started = Instant::now();
     let mut stream = client
         .images()
@@ -924,7 +976,10 @@ async fn pull(
         };
         match msg.event {
             Some(pb::pull_response::Event::Progress(p)) => {
-                let idx = match lines.iter().position(|l| l.digest == p.digest) {
+                let idx = match lines
+                    .iter()
+                    .position(|l| l.digest == p.digest && l.kind == p.kind)
+                {
                     Some(i) => i,
                     None => {
                         lines.push(Line {
@@ -990,6 +1045,204 @@ async fn pull(
     Ok(())
 }
 
+/// `--user USER[:PASS]`: ctr prompts for a missing password; it is read from stdin's first
+/// line instead.
+fn credentials(user: Option<String>) -> Result<(String, String)> {
+    Ok(match user {
+        None => (String::new(), String::new()),
+        Some(u) => match u.split_once(':') {
+            Some((u, p)) => (u.to_owned(), p.to_owned()),
+            None => {
+                let mut p = String::new();
+                std::io::stdin()
+                    .read_line(&mut p)
+                    .context("reading the password from stdin")?;
+                (u, p.trim_end_matches(['\r', '\n']).to_owned())
+            }
+        },
+    })
+}
+
+async fn export(
+    client: &Client,
+    platform: Option<String>,
+    out: PathBuf,
+    references: Vec<String>,
+) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut stream = client
+        .images()
+        .export(pb::ExportImagesRequest {
+            names: references,
+            platform: platform.unwrap_or_default(),
+        })
+        .await
+        .map_err(st)?
+        .into_inner();
+    // the first message (data or error) comes before the file is made: a refused export
+    // leaves no file
+    let first = stream.message().await.map_err(st)?;
+    let to_stdout = out.as_os_str() == "-";
+    let mut sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+        ))
+    };
+    let result = async {
+        if let Some(m) = first {
+            sink.write_all(&m.data)?;
+        }
+        while let Some(m) = stream.message().await.map_err(st)? {
+            sink.write_all(&m.data)?;
+        }
+        sink.flush()?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() && !to_stdout {
+        drop(sink);
+        let _ = std::fs::remove_file(&out);
+    }
+    result
+}
+
+async fn import(
+    client: &Client,
+    base_name: Option<String>,
+    no_unpack: bool,
+    platform: Option<String>,
+    file: PathBuf,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let mut input: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if file.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?,
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let name = file.display().to_string();
+    let reader = tokio::spawn(async move {
+        let mut first = Some(pb::ImportImagesRequest {
+            data: Vec::new(),
+            base_name: base_name.unwrap_or_default(),
+            no_unpack,
+            platform: platform.unwrap_or_default(),
+        });
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = input
+                .read(&mut buf)
+                .await
+                .with_context(|| format!("reading {name}"))?;
+            buf.truncate(n);
+            let msg = match first.take() {
+                Some(mut m) => {
+                    m.data = buf;
+                    m
+                }
+                None if n == 0 => break,
+                None => pb::ImportImagesRequest {
+                    data: buf,
+                    ..Default::default()
+                },
+            };
+            if tx.send(msg).await.is_err() || n == 0 {
+                break;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let result = client
+        .images()
+        .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader.await.context("reading the archive")??;
+    let r = result.map_err(st)?.into_inner();
+    for i in &r.images {
+        println!(
+            "{}: {}",
+            i.name,
+            i.target.clone().unwrap_or_default().digest
+        );
+    }
+    if r.unnamed > 0 {
+        eprintln!(
+            "rctr: {} image(s) without a name skipped (--base-name names OCI tags)",
+            r.unnamed
+        );
+    }
+    Ok(())
+}
+
+async fn push(
+    client: &Client,
+    platform: Option<String>,
+    plain_http: bool,
+    user: Option<String>,
+    remote: String,
+    local: Option<String>,
+) -> Result<()> {
+    let st = |s: tonic::Status| anyhow!(status_message(client.address(), &s));
+    let (username, password) = credentials(user)?;
+    let started = Instant::now();
+    let mut stream = client
+        .images()
+        .push(pb::PushImageRequest {
+            remote,
+            local: local.unwrap_or_default(),
+            platform: platform.unwrap_or_default(),
+            plain_http,
+            username,
+            password,
+        })
+        .await
+        .map_err(st)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut states: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        let Some(msg) = stream.message().await.map_err(st)? else {
+            return Err(anyhow!("rcd ended the push without a result"));
+        };
+        match msg.event {
+            // one line per state change of a blob
+            Some(pb::push_image_response::Event::Progress(p))
+                if states.get(&p.digest) != Some(&p.state) =>
+            {
+                states.insert(p.digest.clone(), p.state.clone());
+                let l = Line {
+                    digest: p.digest,
+                    kind: p.kind,
+                    state: p.state,
+                    offset: p.offset,
+                    total: p.total,
+                };
+                writeln!(out, "{}", l.render())?;
+            }
+            Some(pb::push_image_response::Event::Progress(_)) => {}
+            Some(pb::push_image_response::Event::Result(r)) => {
+                writeln!(
+                    out,
+                    "elapsed: {:.1} s    uploaded: {}    already there: {}",
+                    started.elapsed().as_secs_f64(),
+                    r.uploaded,
+                    r.skipped
+                )?;
+                writeln!(out, "{}: {}", r.name, r.digest)?;
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+}
+
 fn redraw(out: &mut impl Write, lines: &[Line], drawn: &mut usize) -> Result<()> {
     if *drawn > 0 {
         write!(out, "\x1b[{}A", *drawn)?;
@@ -1000,4 +1253,33 @@ fn redraw(out: &mut impl Write, lines: &[Line], drawn: &mut usize) -> Result<()>
     *drawn = lines.len();
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(key: &str, parent: &str) -> pb::Snapshot {
+        pb::Snapshot {
+            key: key.into(),
+            parent: parent.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trees() {
+        let list = [
+            snap("b", "a"),
+            snap("a", ""),
+            snap("c", "b"),
+            snap("d", "a"),
+            snap("z", ""),
+            snap("orphan", "gone"),
+        ];
+        assert_eq!(tree(&list), "a\n  \\_ b\n    \\_ c\n  \\_ d\norphan\nz\n");
+        assert_eq!(tree(&[]), "");
+        assert_eq!(titled("committed"), "Committed");
+        assert_eq!(titled(""), "");
+    }
 }

@@ -57,20 +57,14 @@ enum Sub {
 /// daemon at A, or spools it in the state dir (`$RCD_STATE_DIR`, else --state) for the next
 /// one.
 fn publish(cli: &Cli, config: &Config, topic: &str, namespace: &str) -> ExitCode {
-    use std::io::Read;
-    let mut event = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut event) {
-        eprintln!("rcd publish: reading the event from stdin: {e}");
-        return ExitCode::FAILURE;
-    }
     let address = cli
         .address
         .clone()
         .or(config.address.clone())
         .unwrap_or(DEFAULT_ADDRESS.into());
-    let state = std::env::var_os(rcd::task::STATE_DIR_ENV)
-        .map(PathBuf::from)
-        .or(cli.state.clone())
+    let state = cli
+        .state
+        .clone()
         .or(config.state.clone())
         .unwrap_or(DEFAULT_STATE.into());
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -83,8 +77,8 @@ fn publish(cli: &Cli, config: &Config, topic: &str, namespace: &str) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(rcd::task::publish(
-        &address, &state, namespace, topic, &event,
+    match rt.block_on(rcd::task::publish_from_stdin(
+        &address, &state, namespace, topic,
     )) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -751,6 +751,51 @@ mod tests {
     }
 
     #[test]
+    fn leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::open(dir.path().join("meta.db")).unwrap();
+        let now = Utc::now();
+        let lease = LeaseRecord {
+            id: "l1".into(),
+            labels: Labels::new(),
+            created: now,
+            expires: Some(now + chrono::Duration::seconds(60)),
+            content: Default::default(),
+            snapshots: Default::default(),
+        };
+        md.write(|tx| tx.create_lease("default", &lease)).unwrap();
+        let e = md
+            .write(|tx| tx.create_lease("default", &lease))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lease \"l1\" already exists in namespace \"default\""
+        );
+        md.write(|tx| {
+            tx.add_lease_resources(
+                "default",
+                "l1",
+                [Digest::of(b"a"), Digest::of(b"a")],
+                ["k".to_owned()],
+            )
+        })
+        .unwrap();
+        let got = md.read(|tx| tx.lease("default", "l1")).unwrap().unwrap();
+        assert_eq!(got.content.len(), 1);
+        assert_eq!(got.snapshots.len(), 1);
+        assert!(!got.expired(now));
+        assert!(got.expired(now + chrono::Duration::seconds(61)));
+        assert_eq!(md.namespaces().unwrap(), ["default"]);
+        let e = md
+            .write(|tx| tx.add_lease_resources("default", "nope", [], []))
+            .unwrap_err();
+        assert!(matches!(e, MetadataError::NotFound { .. }), "{e}");
+        assert!(md.write(|tx| tx.delete_lease("default", "l1")).unwrap());
+        assert!(!md.write(|tx| tx.delete_lease("default", "l1")).unwrap());
+        assert!(md.read(|tx| tx.leases("default")).unwrap().is_empty());
+    }
+
+    #[test]
     fn names() {
         validate_namespace("default").unwrap();
         validate_namespace("k8s.io").unwrap();

@@ -276,8 +276,6 @@ pub(crate) fn generate_spec(
     mounts: &[crate::snapshot::Mount],
     scratch: &Path,
 ) -> Result<serde_json::Value, Status> {
-    std::fs::create_dir_all(scratch)
-        .map_err(|e| Status::internal(format!("creating {}: {e}", scratch.display())))?;
     crate::snapshot::mount_all(mounts, scratch).map_err(|e| {
         Status::internal(format!("mounting the rootfs on {}: {e}", scratch.display()))
     })?;
@@ -285,7 +283,6 @@ pub(crate) fn generate_spec(
     if let Err(e) = crate::snapshot::unmount(scratch) {
         warn!(path = %scratch.display(), "unmounting the spec scratch mount: {e}");
     }
-    let _ = std::fs::remove_dir(scratch);
     let mut spec = generated
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .spec;
@@ -378,6 +375,44 @@ fn matches(c: &ContainerRecord, conds: &[Cond]) -> bool {
     })
 }
 
+fn spec_mounts(state: &Path) -> PathBuf {
+    state.join("spec-mounts")
+}
+
+/// At start-up: creates a killed daemon left half-way (`<state>/spec-mounts/<ns>/<id>`, the
+/// rootfs maybe still mounted there, a snapshot without a container) are undone.
+pub(super) fn remove_interrupted_creates(d: &Daemon) {
+    let base = spec_mounts(&d.settings.state);
+    let Ok(namespaces) = std::fs::read_dir(&base) else {
+        return;
+    };
+    for ns_dir in namespaces.flatten() {
+        let ns = ns_dir.file_name().to_string_lossy().into_owned();
+        for e in std::fs::read_dir(ns_dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            if matches!(d.md.container(&ns, &id), Ok(None)) {
+                match d.snapshotter.remove(&ns, &id) {
+                    Ok(()) => {
+                        warn!(namespace = %ns, id = %id, "removed the snapshot of an interrupted container create")
+                    }
+                    Err(crate::snapshot::SnapshotError::NotFound { .. }) => {}
+                    Err(e) => {
+                        warn!(namespace = %ns, id = %id, "removing the snapshot of an interrupted create: {e}")
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&path);
+        }
+        let _ = std::fs::remove_dir(ns_dir.path());
+    }
+}
+
 /// After a restart: tasks whose container record is gone (removed while the task ran, a
 /// metadata DB replaced) are killed and deleted, so no shim is leaked.
 pub(super) async fn remove_stale_tasks(rt: Arc<Runtime>) {
@@ -444,45 +479,50 @@ impl pb::containers_server::Containers for ContainersService {
         let creq = container_request(&ns, &req.id, &req.options.unwrap_or_default(), &labels)?;
         let snapshotter = d.snapshotter.clone();
         let md = d.md.clone();
-        let scratch = d
-            .settings
-            .state
-            .join("spec-mounts")
-            .join(format!("{ns}-{}", req.id));
+        // The scratch dir marks a create in progress: a daemon killed half-way leaves it,
+        // and the next one removes the snapshot it made (see `remove_interrupted_creates`).
+        let scratch = spec_mounts(&d.settings.state).join(&ns).join(&req.id);
         let (ns_, id) = (ns.clone(), req.id.clone());
         let image_name = image.name.clone();
         let rec = blocking(move || {
-            let mounts = snapshotter
-                .prepare(&ns_, &id, Some(&top), Labels::new())
-                .map_err(|e| match e {
-                    crate::snapshot::SnapshotError::AlreadyExists { .. } => {
-                        Status::already_exists(format!(
-                            "snapshot {id:?} already exists in namespace {ns_:?} (remove it, or pick another container id)"
-                        ))
+            std::fs::create_dir_all(&scratch).map_err(|e| {
+                Status::internal(format!("creating {}: {e}", scratch.display()))
+            })?;
+            let made = (|| {
+                let mounts = snapshotter
+                    .prepare(&ns_, &id, Some(&top), Labels::new())
+                    .map_err(|e| match e {
+                        crate::snapshot::SnapshotError::AlreadyExists { .. } => {
+                            Status::already_exists(format!(
+                                "snapshot {id:?} already exists in namespace {ns_:?} (remove it, or pick another container id)"
+                            ))
+                        }
+                        e => snapshot_status(e),
+                    })?;
+                let made = generate_spec(&cfg, &creq, &mounts, &scratch).and_then(|spec| {
+                    let now = Utc::now();
+                    let rec = ContainerRecord {
+                        id: id.clone(),
+                        image: image_name,
+                        snapshot_key: Some(id.clone()),
+                        labels,
+                        spec,
+                        runtime: None,
+                        created: now,
+                        updated: now,
+                    };
+                    md.write(|tx| tx.create_container(&ns_, &rec))
+                        .map_err(metadata_status)?;
+                    Ok(rec)
+                });
+                if made.is_err() {
+                    if let Err(e) = snapshotter.remove(&ns_, &id) {
+                        warn!(namespace = %ns_, id = %id, "removing the snapshot of a failed create: {e}");
                     }
-                    e => snapshot_status(e),
-                })?;
-            let made = generate_spec(&cfg, &creq, &mounts, &scratch).and_then(|spec| {
-                let now = Utc::now();
-                let rec = ContainerRecord {
-                    id: id.clone(),
-                    image: image_name,
-                    snapshot_key: Some(id.clone()),
-                    labels,
-                    spec,
-                    runtime: None,
-                    created: now,
-                    updated: now,
-                };
-                md.write(|tx| tx.create_container(&ns_, &rec))
-                    .map_err(metadata_status)?;
-                Ok(rec)
-            });
-            if made.is_err() {
-                if let Err(e) = snapshotter.remove(&ns_, &id) {
-                    warn!(namespace = %ns_, id = %id, "removing the snapshot of a failed create: {e}");
                 }
-            }
+                made
+            })();
+            let _ = std::fs::remove_dir(&scratch);
             made
         })
         .await?;

@@ -27,7 +27,7 @@ use crate::metadata::{
 };
 use crate::pull::{
     parse_reference, BlobKind, OciImageManifest, Platform, Progress, ProgressState, PullError,
-    PullOptions, Puller,
+    PullOptions, PulledImage, Puller,
 };
 use crate::snapshot::chain_ids;
 use chrono::Utc;
@@ -44,8 +44,6 @@ use tracing::{info, warn};
 /// How long a pull's lease protects its work after the daemon died mid-pull.
 pub const PULL_LEASE_TTL: Duration = Duration::from_secs(3600);
 
-/// Label on a pull's lease: the reference being pulled.
-pub const LABEL_LEASE_PULL: &str = "rcd.io/pull";
 /// Labels on an image mount's snapshot: the image mounted, and where.
 pub const LABEL_MOUNT_IMAGE: &str = "rcd.io/mount.image";
 pub const LABEL_MOUNT_TARGET: &str = "rcd.io/mount.target";
@@ -62,6 +60,26 @@ fn pull_status(e: &PullError) -> Status {
         PullError::Transport { .. } => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
+}
+
+fn push_status(e: &crate::push::PushError) -> Status {
+    use crate::push::PushError as E;
+    let msg = e.to_string();
+    match e {
+        E::InvalidReference { .. } | E::Config { .. } => Status::invalid_argument(msg),
+        E::Unauthorized { .. } => Status::unauthenticated(msg),
+        E::Transport { .. } => Status::unavailable(msg),
+        E::MissingContent { .. } => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn parse_platform(p: &str) -> Result<Platform, Status> {
+    if p.is_empty() {
+        return Ok(Platform::host());
+    }
+    p.parse()
+        .map_err(|e: crate::pull::InvalidPlatform| Status::invalid_argument(e.to_string()))
 }
 
 fn kind_name(k: BlobKind) -> &'static str {
@@ -322,25 +340,10 @@ pub(crate) async fn pull_and_record(
     reference: &str,
     opts: &PullOptions,
     unpack: bool,
+    events: &mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) -> Result<ImageRecord, Status> {
     let _guard = d.md.lease().await;
-    let lease_id = format!("pull-{:016x}", fastrand::u64(..));
-    let now = Utc::now();
-    let lease = LeaseRecord {
-        id: lease_id.clone(),
-        labels: Labels::from([(LABEL_LEASE_PULL.to_owned(), reference.to_owned())]),
-        created: now,
-        expires: Some(now + chrono::Duration::from_std(PULL_LEASE_TTL).unwrap()),
-        content: Default::default(),
-        snapshots: Default::default(),
-    };
-    let md = d.md.clone();
-    let ns_ = ns.to_owned();
-    blocking(move || {
-        md.write(|tx| tx.create_lease(&ns_, &lease))
-            .map_err(metadata_status)
-    })
-    .await?;
+    let lease_id = create_work_lease(d, ns, "pull", reference).await?;
     let result = async {
         // Each blob joins the lease as soon as it is in the store (a few per transaction),
         // so that a daemon killed mid-pull keeps what it finished.
@@ -372,67 +375,207 @@ pub(crate) async fn pull_and_record(
         let pulled = puller.pull(reference, &leased).await;
         drop(leased);
         btx.lock().unwrap().take();
-        recorder
-            .await
-            .map_err(|e| Status::internal(format!("lease task: {e}")))??;
+        let leased = recorder.await;
+        // the pull's own error first: it says more than the lease's
         let pulled = pulled.map_err(|e| pull_status(&e))?;
-        let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
-        blobs.extend(pulled.index_digest.clone());
-        for l in &pulled.layers {
-            blobs.push(Digest::parse(&l.digest).map_err(|e| Status::internal(e.to_string()))?);
-        }
-        add_to_lease(d, ns, &lease_id, blobs, vec![]).await?;
-        let unpacked = if unpack {
-            let layers = ImageLayers::try_from(&pulled).map_err(image_status)?;
-            // the chain IDs join the lease before they exist: each layer is kept as soon as
-            // it is committed
-            let diff_ids = diff_ids(&d.store, &layers.config)
-                .await
-                .map_err(image_status)?;
-            let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
-            add_to_lease(d, ns, &lease_id, vec![], chains).await?;
-            unpack_image(ns, &layers, &d.store, &d.snapshotter)
-                .await
-                .map_err(|e| {
-                    Status::internal(format!(
-                        "{}: unpacking: {}",
-                        pulled.name,
-                        image_status(e).message()
-                    ))
-                })?
-        } else {
-            Unpacked {
-                diff_ids: vec![],
-                chain_ids: vec![],
-                applied: 0,
-            }
-        };
-        record_image(
-            ns,
-            &pulled.name,
-            &pulled,
-            &unpacked,
-            &d.store,
-            &d.snapshotter,
-            Labels::new(),
-        )
-        .await
-        .map_err(image_status)
+        leased.map_err(|e| Status::internal(format!("lease task: {e}")))??;
+        unpack_and_record(d, ns, &lease_id, &pulled, unpack, Some(events)).await
     }
     .await;
     // recorded or failed: the lease has done its work either way (what a failed pull
     // fetched is collected, its ingests stay for the next try)
+    delete_work_lease(d, ns, lease_id).await;
+    result
+}
+
+/// Creates a lease for work on `what` (a pull or an import), expiring after
+/// [`PULL_LEASE_TTL`]; its id.
+async fn create_work_lease(
+    d: &Daemon,
+    ns: &str,
+    label: &str,
+    what: &str,
+) -> Result<String, Status> {
+    let id = format!("{label}-{:016x}", fastrand::u64(..));
+    let now = Utc::now();
+    let lease = LeaseRecord {
+        id: id.clone(),
+        labels: Labels::from([(format!("rcd.io/{label}"), what.to_owned())]),
+        created: now,
+        expires: Some(now + chrono::Duration::from_std(PULL_LEASE_TTL).unwrap()),
+        content: Default::default(),
+        snapshots: Default::default(),
+    };
+    let md = d.md.clone();
+    let ns_ = ns.to_owned();
+    blocking(move || {
+        md.write(|tx| tx.create_lease(&ns_, &lease))
+            .map_err(metadata_status)
+    })
+    .await?;
+    Ok(id)
+}
+
+/// Deletes a work lease (logged, not failed: it expires anyway).
+async fn delete_work_lease(d: &Daemon, ns: &str, id: String) {
     let md = d.md.clone();
     let ns_ = ns.to_owned();
     let deleted = blocking(move || {
-        md.write(|tx| tx.delete_lease(&ns_, &lease_id))
+        md.write(|tx| tx.delete_lease(&ns_, &id))
             .map_err(metadata_status)
     })
     .await;
     if let Err(e) = deleted {
-        warn!(namespace = %ns, error = %e.message(), "deleting a pull's lease");
+        warn!(namespace = %ns, error = %e.message(), "deleting a lease");
     }
-    result
+}
+
+/// The second half of a pull or an import: every blob of `pulled` (in the store) into the
+/// lease, the chain IDs too, the unpack (unless `unpack` is false; its progress on `events`),
+/// then the record.
+async fn unpack_and_record(
+    d: &Daemon,
+    ns: &str,
+    lease_id: &str,
+    pulled: &PulledImage,
+    unpack: bool,
+    events: Option<&mpsc::Sender<Result<pb::PullResponse, Status>>>,
+) -> Result<ImageRecord, Status> {
+    let mut blobs = vec![pulled.manifest_digest.clone(), pulled.config_digest.clone()];
+    blobs.extend(pulled.index_digest.clone());
+    for l in &pulled.layers {
+        blobs.push(Digest::parse(&l.digest).map_err(|e| Status::internal(e.to_string()))?);
+    }
+    add_to_lease(d, ns, lease_id, blobs, vec![]).await?;
+    let unpacked = if unpack {
+        let layers = ImageLayers::try_from(pulled).map_err(image_status)?;
+        // the chain IDs join the lease before they exist: each layer is kept as soon as
+        // it is committed
+        let diff_ids = diff_ids(&d.store, &layers.config)
+            .await
+            .map_err(image_status)?;
+        let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
+        add_to_lease(d, ns, lease_id, vec![], chains).await?;
+        let unpack_event = |state: &str, offset: usize| pb::PullResponse {
+            event: Some(pb::pull_response::Event::Progress(pb::PullProgress {
+                digest: layers.config.to_string(),
+                kind: "unpack".into(),
+                state: state.into(),
+                offset: offset as u64,
+                total: layers.layers.len() as u64,
+            })),
+        };
+        // a client that went away does not stop the pull
+        if let Some(ev) = events {
+            let _ = ev.send(Ok(unpack_event("unpacking", 0))).await;
+        }
+        let u = unpack_image(ns, &layers, &d.store, &d.snapshotter)
+            .await
+            .map_err(|e| {
+                Status::internal(format!(
+                    "{}: unpacking: {}",
+                    pulled.name,
+                    image_status(e).message()
+                ))
+            })?;
+        if let Some(ev) = events {
+            let _ = ev.send(Ok(unpack_event("done", u.applied))).await;
+        }
+        u
+    } else {
+        Unpacked {
+            diff_ids: vec![],
+            chain_ids: vec![],
+            applied: 0,
+        }
+    };
+    record_image(
+        ns,
+        &pulled.name,
+        pulled,
+        &unpacked,
+        &d.store,
+        &d.snapshotter,
+        Labels::new(),
+    )
+    .await
+    .map_err(image_status)
+}
+
+/// What an imported image `target` holds for `platform`, as a pull would have found it: an
+/// index's matching manifest (present in the store), its config and layers.
+async fn imported_image(
+    d: &Daemon,
+    name: &str,
+    target: &crate::archive::Descriptor,
+    platform: &Platform,
+) -> Result<PulledImage, Status> {
+    let bad = |reason: String| Status::invalid_argument(format!("import of {name}: {reason}"));
+    let read = |digest: Digest| async move {
+        d.store
+            .read_all(&digest)
+            .await
+            .map_err(super::service::content_status)
+    };
+    let (index_digest, manifest_desc) =
+        if target.media_type.contains("index") || target.media_type.contains("manifest.list") {
+            let data = read(target.digest.clone()).await?;
+            let index: crate::pull::OciImageIndex =
+                serde_json::from_slice(&data).map_err(|e| bad(format!("index: {e}")))?;
+            let mut chosen = None;
+            let mut available = Vec::new();
+            for m in &index.manifests {
+                let Some(p) = &m.platform else { continue };
+                let p = Platform::new(
+                    &p.os.to_string(),
+                    &p.architecture.to_string(),
+                    p.variant.as_deref(),
+                );
+                let digest = Digest::parse(&m.digest).map_err(|e| bad(e.to_string()))?;
+                if !d.store.exists(&digest).await.unwrap_or(false) {
+                    continue;
+                }
+                available.push(p.to_string());
+                if chosen.is_none() && platform.matches(&p) {
+                    chosen = Some((digest, m.media_type.clone()));
+                }
+            }
+            let chosen = chosen.ok_or_else(|| {
+                Status::not_found(format!(
+                "import of {name}: no manifest for platform {platform} in the archive (it has: {})",
+                available.join(", ")
+            ))
+            })?;
+            (Some(target.digest.clone()), chosen)
+        } else {
+            (None, (target.digest.clone(), target.media_type.clone()))
+        };
+    let data = read(manifest_desc.0.clone()).await?;
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&data).map_err(|e| bad(format!("manifest: {e}")))?;
+    let config_digest = Digest::parse(&manifest.config.digest).map_err(|e| bad(e.to_string()))?;
+    let config = read(config_digest.clone()).await?;
+    #[derive(serde::Deserialize)]
+    struct ConfigPlatform {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        variant: Option<String>,
+    }
+    let cp: ConfigPlatform =
+        serde_json::from_slice(&config).map_err(|e| bad(format!("config: {e}")))?;
+    Ok(PulledImage {
+        name: name.to_owned(),
+        index_digest,
+        manifest_digest: manifest_desc.0,
+        manifest_media_type: manifest_desc.1,
+        layers: manifest.layers.clone(),
+        manifest,
+        config_digest,
+        platform: Platform::new(&cp.os, &cp.architecture, cp.variant.as_deref()),
+        endpoint: "archive".into(),
+    })
 }
 
 /// Adds the digests arriving on `rx` to the lease, batching what has queued up.
@@ -583,7 +726,7 @@ impl pb::images_server::Images for ImagesService {
         let unpack = !req.no_unpack;
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = pull_and_record(&d, &ns, &puller, &image, &opts, unpack).await;
+            let result = pull_and_record(&d, &ns, &puller, &image, &opts, unpack, &tx).await;
             drop(opts);
             match result {
                 Ok(rec) => {
@@ -847,6 +990,241 @@ impl pb::images_server::Images for ImagesService {
         info!(namespace = %ns, target = %target.display(), "unmounted");
         Ok(Response::new(pb::UnmountImageResponse {}))
     }
+
+    type ExportStream = Stream_<pb::ExportImagesResponse>;
+
+    async fn export(
+        &self,
+        req: Request<pb::ExportImagesRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        if req.names.is_empty() {
+            return Err(Status::invalid_argument("export: no images given"));
+        }
+        let platform = parse_platform(&req.platform)?;
+        let mut images = Vec::new();
+        for n in &req.names {
+            let rec = resolve_one(&self.0, &ns, n).await?;
+            images.push(crate::archive::ExportImage {
+                name: rec.name.clone(),
+                target: crate::archive::Descriptor::new(
+                    rec.target.media_type.clone(),
+                    rec.target.digest.clone(),
+                    rec.target.size,
+                ),
+            });
+        }
+        let d = self.0.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::ExportImagesResponse, Status>>(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            // the GC guard keeps the blobs while they are read
+            let _guard = d.md.lease().await;
+            let (writer, mut reader) = tokio::io::duplex(1 << 20);
+            let opts = crate::archive::ExportOptions {
+                platform,
+                ..Default::default()
+            };
+            let store = d.store.clone();
+            let task = tokio::spawn(async move {
+                crate::archive::export(&store, &images, writer, &opts).await
+            });
+            let mut buf = vec![0u8; 1 << 20];
+            let mut gone = false;
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let msg = pb::ExportImagesResponse {
+                            data: buf[..n].to_vec(),
+                        };
+                        if !gone && tx.send(Ok(msg)).await.is_err() {
+                            // the client went away: drain so the export ends
+                            gone = true;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("export: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+            match task.await {
+                Ok(Ok(stats)) => {
+                    info!(namespace = %ns, blobs = stats.blobs, bytes = stats.blob_bytes, "exported")
+                }
+                Ok(Err(e)) => {
+                    let status = match &e {
+                        crate::archive::ArchiveError::MissingBlob { .. } => {
+                            Status::failed_precondition(e.to_string())
+                        }
+                        crate::archive::ArchiveError::InvalidName { .. } => {
+                            Status::invalid_argument(e.to_string())
+                        }
+                        _ => Status::internal(e.to_string()),
+                    };
+                    warn!(namespace = %ns, error = %e, "export failed");
+                    let _ = tx.send(Err(status)).await;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("export task: {e}"))))
+                        .await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type PushStream = Stream_<pb::PushImageResponse>;
+
+    async fn push(
+        &self,
+        req: Request<pb::PushImageRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let remote = parse_reference(&req.remote).map_err(|e| pull_status(&e))?;
+        let local = if req.local.is_empty() {
+            remote.whole()
+        } else {
+            req.local.clone()
+        };
+        let rec = resolve_one(&self.0, &ns, &local).await?;
+        let platform = if req.platform.is_empty() {
+            None
+        } else {
+            Some(parse_platform(&req.platform)?)
+        };
+        let host = remote.registry().to_owned();
+        let mut config = self.0.puller.config().clone();
+        if req.plain_http {
+            config = config.plain_http(&host);
+        }
+        let credentials = (!req.username.is_empty()).then(|| crate::pull::Credentials {
+            username: req.username.clone(),
+            password: req.password.clone(),
+        });
+        let (tx, rx) = mpsc::channel::<Result<pb::PushImageResponse, Status>>(256);
+        let ptx = tx.clone();
+        let progress = Arc::new(move |p: &crate::push::PushProgress| {
+            let state = match p.state {
+                crate::push::PushState::Exists => "exists",
+                crate::push::PushState::Uploading => "uploading",
+                crate::push::PushState::Done => "done",
+            };
+            let ev = pb::PushImageResponse {
+                event: Some(pb::push_image_response::Event::Progress(pb::PullProgress {
+                    digest: p.digest.to_string(),
+                    kind: kind_name(p.kind).to_owned(),
+                    state: state.to_owned(),
+                    offset: p.offset,
+                    total: p.total,
+                })),
+            };
+            // byte counts may be dropped for a slow client, never a state change
+            if ptx.try_send(Ok(ev.clone())).is_err() && state != "uploading" {
+                let ptx = ptx.clone();
+                tokio::spawn(async move {
+                    let _ = ptx.send(Ok(ev)).await;
+                });
+            }
+        });
+        let opts = crate::push::PushOptions {
+            credentials,
+            platform,
+            progress: Some(progress),
+        };
+        let d = self.0.clone();
+        let target = crate::archive::Descriptor::new(
+            rec.target.media_type.clone(),
+            rec.target.digest.clone(),
+            rec.target.size,
+        );
+        let remote_name = req.remote.clone();
+        tokio::spawn(async move {
+            let _guard = d.md.lease().await;
+            let r = crate::push::push(&d.store, &config, &target, &remote_name, &opts).await;
+            drop(opts);
+            let msg = match r {
+                Ok(p) => {
+                    info!(namespace = %ns, image = %rec.name, remote = %p.name, digest = %p.digest, "pushed");
+                    Ok(pb::PushImageResponse {
+                        event: Some(pb::push_image_response::Event::Result(pb::PushResult {
+                            name: p.name,
+                            digest: p.digest.to_string(),
+                            uploaded: p.uploaded as u64,
+                            skipped: p.skipped as u64,
+                        })),
+                    })
+                }
+                Err(e) => {
+                    warn!(namespace = %ns, remote = %remote_name, error = %e, "push failed");
+                    Err(push_status(&e))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<pb::ImportImagesRequest>>,
+    ) -> Result<Response<pb::ImportImagesResponse>, Status> {
+        use futures_util::StreamExt;
+        let ns = namespace(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("import: no archive sent"))?;
+        let platform = parse_platform(&first.platform)?;
+        let opts = crate::archive::ImportOptions {
+            base_name: (!first.base_name.is_empty()).then(|| first.base_name.clone()),
+            ..Default::default()
+        };
+        let unpack = !first.no_unpack;
+        let chunks = futures_util::stream::iter([Ok(first)])
+            .chain(stream)
+            .map(|m| {
+                m.map(|m| std::io::Cursor::new(m.data))
+                    .map_err(|s| std::io::Error::other(s.message().to_owned()))
+            });
+        let reader = tokio_util::io::StreamReader::new(chunks);
+        let d = &self.0;
+        let _guard = d.md.lease().await;
+        let imported = crate::archive::import(&d.store, reader, &opts)
+            .await
+            .map_err(|e| match e {
+                crate::archive::ArchiveError::Write(_)
+                | crate::archive::ArchiveError::Content(_) => {
+                    Status::internal(format!("import: {e}"))
+                }
+                // the archive is what the client sent
+                e => Status::invalid_argument(format!("import: {e}")),
+            })?;
+        let lease_id = create_work_lease(d, &ns, "import", "archive").await?;
+        let result = async {
+            let mut images = Vec::new();
+            let mut unnamed = 0;
+            for i in &imported {
+                let Some(name) = &i.name else {
+                    unnamed += 1;
+                    continue;
+                };
+                let pulled = imported_image(d, name, &i.target, &platform).await?;
+                let rec = unpack_and_record(d, &ns, &lease_id, &pulled, unpack, None).await?;
+                info!(namespace = %ns, image = %rec.name, digest = %rec.target.digest, "imported");
+                images.push(view(d, &ns, &rec).await.0);
+            }
+            Ok::<_, Status>(pb::ImportImagesResponse { images, unnamed })
+        }
+        .await;
+        delete_work_lease(d, &ns, lease_id).await;
+        Ok(Response::new(result?))
+    }
 }
 
 /// An unmount target: as [`mount_target`], or as typed if it is gone.
@@ -870,6 +1248,11 @@ fn mount_target(t: &str) -> Result<PathBuf, Status> {
     if !p.is_dir() {
         return Err(Status::invalid_argument(format!(
             "mount target {t} is not a directory"
+        )));
+    }
+    if p == Path::new("/") {
+        return Err(Status::invalid_argument(format!(
+            "mount target {t} is the root directory: refusing to mount over it"
         )));
     }
     Ok(p)

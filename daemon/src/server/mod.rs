@@ -237,6 +237,12 @@ pub async fn serve(
         shim: daemon.settings.shim.clone(),
         started_at: chrono::Utc::now(),
     });
+    {
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || containers::remove_interrupted_creates(&d))
+            .await
+            .expect("undoing interrupted creates");
+    }
     tokio::spawn(containers::remove_stale_tasks(runtime.clone()));
     let cri = crate::cri::Cri::start(daemon.clone(), tasks.clone()).await?;
     let (cri_runtime, cri_images) = cri.services();
