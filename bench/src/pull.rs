@@ -61,6 +61,17 @@ pub struct PullArgs {
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
+    /// How rcd pulls: `daemon` = a fresh `rcd` (beside rbench) per run, started before the
+    /// timer, and `rctr images pull --plain-http` timed, as ctr against containerd;
+    /// `library` = rcd's pull/unpack/record library in a fresh child process
+    #[arg(long, value_enum, default_value_t = RcdMode::Daemon)]
+    rcd_mode: RcdMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum RcdMode {
+    Daemon,
+    Library,
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +342,131 @@ fn run_rcd(driver: &mut Driver, workdir: &Path, image: &str) -> Result<RunResult
     result
 }
 
+/// `rcd` and `rctr` of the same build as rbench (same target directory).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating rbench")?;
+    let p = exe.with_file_name(name);
+    ensure!(
+        p.is_file(),
+        "{} not found beside rbench: build it (cargo build [--release] -p rcd -p rcd-cli)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// One run against a fresh rcd daemon: the daemon is started (empty root) before the timer,
+/// the timer covers `rctr images pull --plain-http` (download, unpack into overlayfs
+/// snapshots, record), as containerd's run covers `ctr images pull`.
+fn run_rcd_daemon(
+    driver: &mut Driver,
+    workdir: &Path,
+    image: &str,
+    layers: usize,
+) -> Result<RunResult> {
+    let dir = tempfile::Builder::new()
+        .prefix("rbench-pull-rcdd-")
+        .tempdir_in(workdir)?;
+    let (root, state, sock) = (
+        dir.path().join("root"),
+        dir.path().join("state"),
+        dir.path().join("rcd.sock"),
+    );
+    let (rcd, rctr) = (sibling("rcd")?, sibling("rctr")?);
+    let log = std::fs::File::create(dir.path().join("rcd.log"))?;
+    let mut daemon = std::process::Command::new(&rcd)
+        .arg("--root")
+        .arg(&root)
+        .arg("--state")
+        .arg(&state)
+        .arg("--address")
+        .arg(&sock)
+        .args(["--log-level", "warn"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", rcd.display()))?;
+    let rctr_cmd = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&rctr)
+            .arg("--address")
+            .arg(&sock)
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "rctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let result = (|| {
+        let t0 = std::time::Instant::now();
+        while rctr_cmd(&["version"]).is_err() {
+            ensure!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "rcd did not answer on {} within 20 s:\n{}",
+                sock.display(),
+                std::fs::read_to_string(dir.path().join("rcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pid = daemon.id();
+        let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        let argv: Vec<String> = vec![
+            rctr.display().to_string(),
+            "--address".into(),
+            sock.display().to_string(),
+            "images".into(),
+            "pull".into(),
+            "--plain-http".into(),
+            image.to_owned(),
+        ];
+        let cpu0 = proc_cpu_ticks(pid)?;
+        let s = driver.run(&argv)?;
+        let cpu1 = proc_cpu_ticks(pid)?;
+        let hwm = vm_hwm_kib(pid)?;
+        if s.status != 0 {
+            bail!(
+                "rctr images pull failed (status {}):\n{}",
+                s.status,
+                driver.output()
+            );
+        }
+        ensure!(reset, "could not reset rcd's VmHWM (clear_refs)");
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let names = rctr_cmd(&["images", "ls", "-q"])?;
+        ensure!(
+            names.lines().any(|l| l.trim().ends_with(image)),
+            "rcd run: {image} not listed: {names}"
+        );
+        let snaps = rctr_cmd(&["snapshots", "ls"])?;
+        let committed = snaps.lines().filter(|l| l.contains("Committed")).count();
+        ensure!(
+            committed == layers,
+            "rcd run: {committed} committed snapshots, want {layers}:\n{snaps}"
+        );
+        Ok(RunResult {
+            wall_s: s.wall.as_secs_f64(),
+            cpu_s: (cpu1 - cpu0) as f64 / tick + s.tree_cpu.as_secs_f64(),
+            rss_kib: hwm,
+            client_cpu_s: s.tree_cpu.as_secs_f64(),
+            client_rss_kib: s.tree_maxrss_kib,
+        })
+    })();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = daemon.wait();
+    let left = mounts_under(dir.path());
+    for m in left.iter().rev() {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    rcd::unpack::remove_dir_all(dir.path())
+        .with_context(|| format!("removing {}", dir.path().display()))?;
+    ensure!(left.is_empty(), "rcd run left mounts: {left:?}");
+    result
+}
+
 fn run_containerd(driver: &mut Driver, image: &str, layers: usize) -> Result<RunResult> {
     let ctd = Containerd::start("", &[])?;
     let result = (|| {
@@ -467,8 +603,13 @@ pub fn main(a: PullArgs) -> Result<()> {
     for i in 0..a.runs {
         for which in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
             if which == 0 {
-                let r = run_rcd(&mut rcd_driver, &workdir, &image_ref)
-                    .with_context(|| format!("rcd run {i}"))?;
+                let r = match a.rcd_mode {
+                    RcdMode::Daemon => {
+                        run_rcd_daemon(&mut rcd_driver, &workdir, &image_ref, infos.len())
+                    }
+                    RcdMode::Library => run_rcd(&mut rcd_driver, &workdir, &image_ref),
+                }
+                .with_context(|| format!("rcd run {i}"))?;
                 if !a.json {
                     eprintln!(
                         "  run {i} rcd:        {:>6.2} s wall {:>6.2} s CPU {:>5} MiB",
@@ -541,8 +682,10 @@ pub fn main(a: PullArgs) -> Result<()> {
                 "rss_vs_daemon_plus_ctr": round3(rr.median / csum.median),
             },
             "target": "rcd wall <= 0.5 x containerd wall",
+            "rcd_mode": format!("{:?}", a.rcd_mode).to_lowercase(),
+            "meaning_daemon_mode": "rcd is measured as containerd is: a fresh daemon (empty root) started before the timer, wall = `rctr images pull --plain-http`, CPU = daemon utime+stime delta + rctr's, RSS = daemon VmHWM reset via clear_refs just before the pull (rctr's RSS not included)",
             "meaning": {
-                "wall": "rcd: fork of the __pull-child to its reaping (process start, store open, pull, unpack, record, exit); containerd: fork of `ctr images pull` to its exit (daemon already running with an empty root)",
+                "wall": "rcd (library mode): fork of the __pull-child to its reaping (process start, store open, pull, unpack, record, exit); containerd: fork of `ctr images pull` to its exit (daemon already running with an empty root)",
                 "cpu": "rcd: user+sys of the child process tree; containerd: utime+stime delta of the containerd daemon (/proc/PID/stat) + ctr's user+sys",
                 "rss": "rcd: ru_maxrss of the child; containerd: daemon VmHWM reset via clear_refs just before the pull (so its baseline of ~30-40 MiB after start-up is included), ctr separately",
             },
@@ -582,6 +725,17 @@ pub fn main(a: PullArgs) -> Result<()> {
                 "NOT met"
             },
             rw.median / cw.median
+        );
+        println!(
+            "rcd mode: {:?}{}",
+            a.rcd_mode,
+            if a.rcd_mode == RcdMode::Daemon {
+                " (rcd measured as containerd: fresh daemon started before the timer; wall = \
+                 `rctr images pull --plain-http`; CPU = daemon delta + rctr; RSS = daemon VmHWM \
+                 reset just before the pull). The lines below describe library mode for rcd."
+            } else {
+                ""
+            }
         );
         println!(
             "wall: rcd = fork of a fresh `rbench __pull-child` (opens an empty store, pulls, \
