@@ -297,9 +297,18 @@ pub async fn create(cri: &Arc<Cri>, req: cri::CreateContainerRequest) -> Result<
     let scratch = cri.state_dir.join("spec-mounts").join(&id);
     let (id_, image_full) = (id.clone(), image.name.clone());
     let made = blocking(move || {
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Status::internal(format!("creating {}: {e}", scratch.display())))?;
         let mounts = snapshotter
             .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
-            .map_err(snapshot_status)?;
+            .map_err(snapshot_status);
+        let mounts = match mounts {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&scratch);
+                return Err(e);
+            }
+        };
         let spec = crate::server::containers::generate_spec(&img_cfg, &creq, &mounts, &scratch)
             .and_then(|spec| {
                 let now = chrono::Utc::now();
@@ -317,6 +326,7 @@ pub async fn create(cri: &Arc<Cri>, req: cri::CreateContainerRequest) -> Result<
                     .map_err(metadata_status)?;
                 Ok(spec)
             });
+        let _ = std::fs::remove_dir(&scratch);
         if spec.is_err() {
             let _ = snapshotter.remove(NAMESPACE, &id_);
         }

@@ -251,6 +251,8 @@ pub async fn pull(cri: &Cri, req: cri::PullImageRequest) -> Result<String, Statu
         }
         _ => d.puller.clone(),
     };
+    // nobody reads progress: the CRI's PullImage is one call
+    let (events, _) = tokio::sync::mpsc::channel(1);
     let rec = crate::server::images::pull_and_record(
         d,
         NAMESPACE,
@@ -258,6 +260,7 @@ pub async fn pull(cri: &Cri, req: cri::PullImageRequest) -> Result<String, Statu
         &reference.whole(),
         &PullOptions::default(),
         true,
+        &events,
     )
     .await?;
     let id = image_id(cri, &rec).await;
