@@ -7,6 +7,7 @@
 mod common;
 
 use common::Rcd;
+use futures_util::{SinkExt, StreamExt};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const IMAGE: &str = "registry.k8s.io/library/busybox:latest";
@@ -423,6 +425,39 @@ impl Drop for Env {
     }
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_connect(url: &str, protocol: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let host = req.uri().authority().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+}
+
+/// Channel messages until the server closes, per channel.
+async fn ws_collect(ws: &mut Ws) -> [Vec<u8>; 5] {
+    let mut got: [Vec<u8>; 5] = Default::default();
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("websocket traffic within 20 s")
+    {
+        match msg.unwrap() {
+            Message::Binary(b) if !b.is_empty() && (b[0] as usize) < 5 => {
+                got[b[0] as usize].extend_from_slice(&b[1..])
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    got
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -694,7 +729,18 @@ async fn containers_share_localhost_and_volumes_pods_reach_each_other() {
     let mut e = env(2).await;
     let vol = e.dir.path().join("vol");
     std::fs::create_dir_all(&vol).unwrap();
-    let acfg = e.pod_config("a");
+    let mut acfg = e.pod_config("a");
+    let host_port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    acfg.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: host_port as i32,
+        host_ip: String::new(),
+    }];
     let a = e.run_pod(acfg.clone()).await;
     let mut web = e.container_config("web", &["httpd", "-f", "-p", "8080", "-h", "/www"]);
     let mount = cri::Mount {
@@ -741,6 +787,97 @@ async fn containers_share_localhost_and_volumes_pods_reach_each_other() {
         .sh(&c, &format!("wget -q -O - http://{a_ip}:8080/index.html"))
         .await;
     assert_eq!((code, out.as_str()), (0, "shared-page\n"), "{err}");
+    // the host port reaches the pod (portmap's DNAT from another pod to the gateway)
+    let gw = format!("10.232.{}.1", e.n);
+    let (code, out, err) = e
+        .sh(
+            &c,
+            &format!("wget -q -O - http://{gw}:{host_port}/index.html"),
+        )
+        .await;
+    assert_eq!((code, out.as_str()), (0, "shared-page\n"), "{err}");
+    // streaming: exec over WebSocket (v5), stdin to cat, and an exit code
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: w.clone(),
+            cmd: vec!["cat".into()],
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::binary(b"\x00hello exec\n".to_vec()))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![255, 0])).await.unwrap();
+    let got = ws_collect(&mut ws).await;
+    assert_eq!(got[1], b"hello exec\n");
+    assert_eq!(got[3], br#"{"metadata":{},"status":"Success"}"#);
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: w.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo bye >&2; exit 5".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    let got = ws_collect(&mut ws).await;
+    assert_eq!(got[2], b"bye\n");
+    let status = String::from_utf8_lossy(&got[3]).into_owned();
+    assert!(
+        status.contains("NonZeroExitCode") && status.contains("\"message\":\"5\""),
+        "{status}"
+    );
+    // port forwarding into the pod's network namespace (WebSocket, portforward.k8s.io)
+    let url =
+        e.rt.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: a.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "portforward.k8s.io").await;
+    let mut req = vec![0u8];
+    req.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+    ws.send(Message::binary(req)).await.unwrap();
+    let mut body = Vec::new();
+    let mut first = true;
+    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("port-forward data within 10 s")
+    {
+        if let Message::Binary(b) = m {
+            if b.first() == Some(&0) {
+                if first {
+                    // each channel starts with its port
+                    assert_eq!(&b[1..], &8080u16.to_le_bytes());
+                    first = false;
+                } else {
+                    body.extend_from_slice(&b[1..]);
+                }
+            }
+        }
+        if String::from_utf8_lossy(&body).contains("shared-page") {
+            break;
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&body).contains("shared-page"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    drop(ws);
     // stats of the running containers
     let stats =
         e.rt.list_container_stats(cri::ListContainerStatsRequest { filter: None })
