@@ -520,7 +520,9 @@ async fn pod_lifecycle_exec_logs_and_idempotence() {
     assert!(conds.iter().all(|c| c.status), "{conds:?}");
 
     let pcfg = e.pod_config("web");
+    let t0 = Instant::now();
     let pod = e.run_pod(pcfg.clone()).await;
+    eprintln!("RunPodSandbox took {:?}", t0.elapsed());
     let ps = e.pod_status(&pod).await;
     assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = ps.network.unwrap().ip;
@@ -539,7 +541,9 @@ async fn pod_lifecycle_exec_logs_and_idempotence() {
         "app",
         &["sh", "-c", "trap '' TERM; echo hello; echo oops >&2; head -c 40000 /dev/zero | tr '\\0' x; echo; exec sleep 1000"],
     );
+    let t0 = Instant::now();
     let c = e.start_container(&pod, &pcfg, cfg).await;
+    eprintln!("CreateContainer + StartContainer took {:?}", t0.elapsed());
     let s = e.status(&c).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at > 0);
@@ -575,7 +579,9 @@ async fn pod_lifecycle_exec_logs_and_idempotence() {
     assert!(pods.is_empty());
 
     // exec: exit codes, output, timeout
+    let t0 = Instant::now();
     let (code, out, err) = e.sh(&c, "echo out; echo err >&2; exit 3").await;
+    eprintln!("ExecSync took {:?}", t0.elapsed());
     assert_eq!((code, out.as_str(), err.as_str()), (3, "out\n", "err\n"));
     let t0 = Instant::now();
     let to = e.exec(&c, &["sleep", "30"], 1).await.unwrap_err();
