@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cni;
 pub mod content;
+pub mod cri;
 pub mod gc;
 pub mod image;
 pub mod metadata;

@@ -369,7 +369,7 @@ impl Service {
         let (mut held, child) = if p.terminal {
             (Held::default(), ForChild::default())
         } else {
-            stdio::open(&p.stdin, &p.stdout, &p.stderr)?
+            stdio::open(&p.stdin, &p.stdout, &p.stderr, id, &self.namespace)?
         };
         let console = if p.terminal {
             Some(ConsoleSocket::new()?)

@@ -50,7 +50,8 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Io(what, e)
 }
 
-/// `file:///p` → `/p`; `binary://` is refused; anything else is a path.
+/// `file:///p` → `/p`; `binary://` is handled by [`open`] (a logger process); anything else
+/// is a path.
 fn target(uri: &str, what: &str) -> Result<Option<PathBuf>, Error> {
     if uri.is_empty() {
         return Ok(None);
@@ -60,7 +61,7 @@ fn target(uri: &str, what: &str) -> Result<Option<PathBuf>, Error> {
     }
     if uri.starts_with("binary://") {
         return Err(Error::Invalid(format!(
-            "{what} {uri}: binary:// logging is not supported by rshim"
+            "{what} {uri}: binary:// logging is only for a task's stdout and stderr together"
         )));
     }
     if let Some((scheme, _)) = uri.split_once("://") {
@@ -181,15 +182,125 @@ impl Drop for StdinCopy {
     }
 }
 
-/// Opens the stdio of a process without a terminal.
-pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(Held, ForChild), Error> {
+/// Opens the stdio of a process without a terminal. `binary://` outputs start the logger
+/// (`id` and `namespace` go into its environment).
+pub fn open(
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+    id: &str,
+    namespace: &str,
+) -> Result<(Held, ForChild), Error> {
     let mut held = Held::default();
+    if stdout.starts_with("binary://") || stderr.starts_with("binary://") {
+        if stdout != stderr {
+            return Err(Error::Invalid(format!(
+                "stdout {stdout:?} and stderr {stderr:?}: binary:// logging takes both streams, \
+                 with one URI"
+            )));
+        }
+        let (out, err) = start_logger(stdout, id, namespace)?;
+        let child = ForChild {
+            stdin: open_input(stdin, false, &mut held)?,
+            stdout: Some(out),
+            stderr: Some(err),
+        };
+        return Ok((held, child));
+    }
     let child = ForChild {
         stdin: open_input(stdin, false, &mut held)?,
         stdout: open_output(stdout, "stdout", &mut held)?,
         stderr: open_output(stderr, "stderr", &mut held)?,
     };
     Ok((held, child))
+}
+
+/// Decodes `%XX` escapes of a URI part.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `binary:///path?k=v&k2` → the binary and its arguments (`k v k2`), as containerd runs it.
+pub fn binary_command(uri: &str) -> Result<(PathBuf, Vec<String>), Error> {
+    let rest = uri
+        .strip_prefix("binary://")
+        .ok_or_else(|| Error::Invalid(format!("{uri}: not a binary:// URI")))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = unescape(path);
+    if !path.starts_with('/') {
+        return Err(Error::Invalid(format!(
+            "{uri}: the logger must be an absolute path"
+        )));
+    }
+    let mut args = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        args.push(unescape(k));
+        if !v.is_empty() {
+            args.push(unescape(v));
+        }
+    }
+    Ok((PathBuf::from(path), args))
+}
+
+/// containerd's binary logging protocol: the logger gets the process's stdout on fd 3, its
+/// stderr on fd 4 and a pipe on fd 5 it closes once ready; the process gets the write ends.
+fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File), Error> {
+    use std::os::unix::process::CommandExt;
+    let (bin, args) = binary_command(uri)?;
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Failed(format!("creating a logger pipe: {e}")))
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(&args)
+        .env_clear()
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    // SAFETY: only dup2 (async-signal-safe) between fork and exec; dup2 clears CLOEXEC on
+    // the new fds.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::Io(format!("starting the logger {}", bin.display()), e))?;
+    // the reaper collects its exit
+    drop(child);
+    drop((out_r, err_r, ready_w));
+    let mut ready = File::from(ready_r);
+    let mut b = [0u8; 1];
+    let _ = ready.read(&mut b);
+    Ok((File::from(out_w), File::from(err_w)))
 }
 
 /// A listening console socket in a private temp dir (the bundle path may be too long for a
@@ -372,9 +483,14 @@ mod tests {
         );
         let e = target("binary:///bin/logger?x=1", "stdout").unwrap_err();
         assert!(
-            e.to_string().contains("binary:// logging is not supported"),
+            e.to_string().contains("binary:// logging is only for"),
             "{e}"
         );
+        let (bin, args) =
+            binary_command("binary:///usr/bin/rcd?cri-logger=1%2C/a%20b%2C/c").unwrap();
+        assert_eq!(bin, PathBuf::from("/usr/bin/rcd"));
+        assert_eq!(args, vec!["cri-logger", "1,/a b,/c"]);
+        assert!(binary_command("binary://rel/x").is_err());
         let e = target("tcp://1.2.3.4", "stderr").unwrap_err();
         assert!(e.to_string().contains("unknown scheme tcp"), "{e}");
     }

@@ -45,6 +45,12 @@ enum Sub {
         #[arg(long)]
         namespace: String,
     },
+    /// What a shim runs as a container's `binary://` logger: CRI-format log lines
+    #[command(hide = true)]
+    CriLogger {
+        /// `<max line bytes>,<control dir>,<log path>`
+        spec: String,
+    },
 }
 
 /// `rcd --address A publish --topic T --namespace NS < event`: forwards the event to the
@@ -97,6 +103,15 @@ fn main() -> ExitCode {
     if let Some(Sub::Publish { topic, namespace }) = &cli.command {
         return publish(&cli, &config, topic, namespace);
     }
+    if let Some(Sub::CriLogger { spec }) = &cli.command {
+        return match rcd::cri::logger::run(spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rcd cri-logger: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let level = cli
         .log_level
         .clone()
@@ -132,6 +147,7 @@ fn main() -> ExitCode {
             .shim
             .or(config.shim.clone())
             .unwrap_or_else(default_shim),
+        cri: config.cri.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

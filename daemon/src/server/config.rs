@@ -7,6 +7,9 @@
 //! log_level = "info"
 //! shim = "/usr/bin/containerd-shim-runc-v2"  # default: rshim next to rcd
 //!
+//! [cri]                                 # rcd::cri::CriConfig, see its docs
+//! cni_conf_dir = "/etc/cni/net.d"
+//!
 //! [registries."registry.k8s.io"]        # rcd::pull::RegistryConfig, see its docs
 //! [[registries."registry.k8s.io".mirrors]]
 //! url = "http://127.0.0.1:5000"
@@ -35,6 +38,8 @@ pub struct Config {
     pub shim: Option<PathBuf>,
     /// Registry settings by host, as [`RegistryConfig::registries`].
     pub registries: BTreeMap<String, HostConfig>,
+    /// The CRI service (`[cri]`).
+    pub cri: crate::cri::CriConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,7 @@ pub struct Settings {
     pub address: PathBuf,
     pub registry: RegistryConfig,
     pub shim: PathBuf,
+    pub cri: crate::cri::CriConfig,
 }
 
 /// The shim rcd runs tasks under when none is configured: rshim

@@ -99,7 +99,7 @@ pub(super) fn get_container(md: &Metadata, ns: &str, id: &str) -> Result<Contain
 
 /// An image of the namespace as typed or normalised (`busybox` →
 /// `docker.io/library/busybox:latest`).
-fn find_image(md: &Metadata, ns: &str, name: &str) -> Result<ImageRecord, Status> {
+pub(crate) fn find_image(md: &Metadata, ns: &str, name: &str) -> Result<ImageRecord, Status> {
     if name.is_empty() {
         return Err(Status::invalid_argument("no image given"));
     }
@@ -119,7 +119,7 @@ fn find_image(md: &Metadata, ns: &str, name: &str) -> Result<ImageRecord, Status
 }
 
 /// What a container needs of its image: the config and the key of its top snapshot.
-async fn image_parts(
+pub(crate) async fn image_parts(
     d: &Daemon,
     ns: &str,
     rec: &ImageRecord,
@@ -270,7 +270,7 @@ fn container_request(
 
 /// Generates the spec of a container whose rootfs `mounts` are mounted for the time it
 /// takes under `scratch`.
-fn generate_spec(
+pub(crate) fn generate_spec(
     cfg: &ImageConfiguration,
     req: &ContainerRequest,
     mounts: &[crate::snapshot::Mount],

@@ -333,7 +333,7 @@ fn chain_usage(
 }
 
 /// Download, unpack, record; see the module docs.
-async fn pull_and_record(
+pub(crate) async fn pull_and_record(
     d: &Daemon,
     ns: &str,
     puller: &Puller,

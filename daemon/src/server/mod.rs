@@ -16,14 +16,14 @@
 //! table in the same metadata DB (see `metadata/`) and its roots in `gc.rs`.
 
 pub mod config;
-mod containers;
+pub(crate) mod containers;
 mod events;
-mod images;
+pub(crate) mod images;
 mod leases;
 mod namespaces;
-mod service;
+pub(crate) mod service;
 mod snapshots;
-mod tasks;
+pub(crate) mod tasks;
 
 pub use config::{Config, Settings};
 
@@ -69,6 +69,8 @@ pub enum ServeError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Task(#[from] crate::task::TaskError),
+    #[error("cri: {0}")]
+    Cri(#[from] crate::cri::CriError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -242,6 +244,8 @@ pub async fn serve(
             .expect("undoing interrupted creates");
     }
     tokio::spawn(containers::remove_stale_tasks(runtime.clone()));
+    let cri = crate::cri::Cri::start(daemon.clone(), tasks.clone()).await?;
+    let (cri_runtime, cri_images) = cri.services();
     // One collection at start, as containerd's scheduler does: what a killed daemon left
     // (extraction snapshots, blobs of pulls whose lease expired) goes; leased work stays.
     {
@@ -277,6 +281,8 @@ pub async fn serve(
             runtime.clone(),
         )))
         .add_service(TasksServer::new(tasks::TasksService(runtime.clone())))
+        .add_service(cri_runtime)
+        .add_service(cri_images)
         .add_service(NamespacesServer::new(namespaces::NamespacesService(
             runtime.clone(),
         )))

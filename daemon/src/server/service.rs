@@ -46,7 +46,7 @@ pub(super) fn time(t: &DateTime<Utc>) -> String {
 }
 
 /// Runs blocking work (metadata transactions, snapshot directories, mounts) off the executor.
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -54,7 +54,7 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
-pub(super) fn metadata_status(e: MetadataError) -> Status {
+pub(crate) fn metadata_status(e: MetadataError) -> Status {
     let msg = e.to_string();
     match e {
         MetadataError::InvalidName { .. } | MetadataError::InvalidLabel { .. } => {
@@ -66,7 +66,7 @@ pub(super) fn metadata_status(e: MetadataError) -> Status {
     }
 }
 
-pub(super) fn snapshot_status(e: SnapshotError) -> Status {
+pub(crate) fn snapshot_status(e: SnapshotError) -> Status {
     let msg = e.to_string();
     match e {
         SnapshotError::Metadata(e) => metadata_status(e),
@@ -81,7 +81,7 @@ pub(super) fn snapshot_status(e: SnapshotError) -> Status {
     }
 }
 
-pub(super) fn image_status(e: ImageError) -> Status {
+pub(crate) fn image_status(e: ImageError) -> Status {
     match e {
         ImageError::Content(e) => content_status(e),
         ImageError::Snapshot(e) => snapshot_status(e),

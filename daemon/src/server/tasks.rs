@@ -17,7 +17,7 @@ use tracing::info;
 /// How long `Delete` with `force` waits for a killed task to stop.
 const FORCE_WAIT: Duration = Duration::from_secs(10);
 
-pub(super) fn task_status(e: TaskError) -> Status {
+pub(crate) fn task_status(e: TaskError) -> Status {
     let msg = e.to_string();
     match &e {
         TaskError::InvalidName { .. } | TaskError::InvalidRequest { .. } => {

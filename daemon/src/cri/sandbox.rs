@@ -1,0 +1,588 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+use super::store::{SandboxRecord, SandboxState};
+use super::{internal, labels_match, new_id, now_ns, Cri, CriError, NAMESPACE};
+use crate::cni::{dns, netns, NetNs, PodNetworkRequest, PortMapping};
+use crate::metadata::{ContainerRecord as MdContainer, Labels};
+use crate::spec::{self, ContainerRequest, NamespaceMode, SeccompMode};
+use crate::task::{CreateOptions, IoConfig, TaskStatus};
+use k8s_cri::v1 as cri;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::Status;
+use tracing::{info, warn};
+
+/// rcd's static pause, built by daemon/build.rs.
+static PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
+
+/// The built-in pause's read-only root: `<root>/pause/rootfs`.
+pub fn pause_rootfs(root: &Path) -> PathBuf {
+    root.join("pause").join("rootfs")
+}
+
+/// Writes the built-in pause and the mount points its spec needs (the rootfs is shared by
+/// every pod and mounted read-only, so nothing may have to be created in it later).
+pub fn install_pause(root: &Path) -> Result<(), CriError> {
+    let rootfs = pause_rootfs(root);
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| CriError::Io { what, path, source }
+    };
+    for d in ["proc", "dev", "sys", "etc", "tmp"] {
+        let p = rootfs.join(d);
+        std::fs::create_dir_all(&p).map_err(io("creating", &p))?;
+    }
+    for f in ["etc/resolv.conf", "etc/hostname", "etc/hosts"] {
+        let p = rootfs.join(f);
+        if !p.exists() {
+            std::fs::write(&p, b"").map_err(io("creating", &p))?;
+        }
+    }
+    let bin = rootfs.join("pause");
+    if std::fs::read(&bin).ok().as_deref() != Some(PAUSE) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = rootfs.join(".pause.tmp");
+        std::fs::write(&tmp, PAUSE).map_err(io("writing", &tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &tmp))?;
+        std::fs::rename(&tmp, &bin).map_err(io("renaming", &bin))?;
+    }
+    Ok(())
+}
+
+fn ns_mode(opts: Option<&cri::NamespaceOption>) -> (i32, i32, i32) {
+    match opts {
+        Some(o) => (o.network, o.pid, o.ipc),
+        None => (0, 0, 0),
+    }
+}
+
+const NODE: i32 = cri::NamespaceMode::Node as i32;
+
+/// The namespace options of a sandbox's config.
+pub fn namespace_options(c: &cri::PodSandboxConfig) -> Option<cri::NamespaceOption> {
+    c.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+}
+
+pub fn host_network(c: &cri::PodSandboxConfig) -> bool {
+    ns_mode(namespace_options(c).as_ref()).0 == NODE
+}
+
+fn pod_name(m: &cri::PodSandboxMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+pub(crate) fn get(cri: &Cri, id: &str) -> Result<super::store::Entry<SandboxRecord>, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("no pod sandbox id given"));
+    }
+    cri.store
+        .sandbox(id)
+        .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))
+}
+
+pub async fn run(cri: &Cri, req: cri::RunPodSandboxRequest) -> Result<String, Status> {
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("no pod sandbox config given"))?;
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| Status::invalid_argument("the pod sandbox config has no metadata"))?;
+    if meta.name.is_empty() {
+        return Err(Status::invalid_argument(
+            "the pod sandbox metadata has no name",
+        ));
+    }
+    if !req.runtime_handler.is_empty() && req.runtime_handler != "runc" {
+        return Err(Status::invalid_argument(format!(
+            "runtime handler {:?}: rcd has one runtime (\"\" or \"runc\")",
+            req.runtime_handler
+        )));
+    }
+    let id = new_id();
+    let pod_dir = cri.state_dir.join("pods").join(&id);
+    let cgroup_parent = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str()) {
+        Some(p) if !p.is_empty() => p.to_owned(),
+        _ => format!("{}/pod-{id}", cri.cfg.cgroup_parent.trim_end_matches('/')),
+    };
+    let rec = SandboxRecord {
+        id: id.clone(),
+        name: pod_name(&meta),
+        config: config.clone(),
+        created_at: now_ns(),
+        state: SandboxState::NotReady,
+        netns: None,
+        pod_dir: pod_dir.clone(),
+        cgroup_parent,
+        pid: 0,
+        ips: vec![],
+        network_down: false,
+    };
+    match cri.store.add_sandbox(rec.clone()) {
+        Ok(Ok(())) => {}
+        Ok(Err(other)) => {
+            return Err(Status::already_exists(format!(
+                "pod sandbox name {:?} is taken by {other}",
+                rec.name
+            )))
+        }
+        Err(e) => return Err(Status::internal(e.to_string())),
+    }
+    match setup(cri, rec).await {
+        Ok(rec) => {
+            info!(id = %id, name = %rec.name, ip = ?rec.ips, "pod sandbox ready");
+            Ok(id)
+        }
+        Err(e) => {
+            warn!(id = %id, "pod sandbox failed: {}", e.message());
+            let _ = teardown(cri, &id, true).await;
+            let _ = cri.store.remove_sandbox(&id);
+            Err(e)
+        }
+    }
+}
+
+async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Status> {
+    let id = rec.id.clone();
+    let config = rec.config.clone();
+    let meta = config.metadata.clone().unwrap_or_default();
+    let (net, pid, ipc) = ns_mode(namespace_options(&config).as_ref());
+    let entry = cri.store.sandbox(&id).expect("just added");
+    // network: a pinned namespace, loopback + the pod network through CNI
+    let mut ips: Vec<std::net::IpAddr> = vec![];
+    if net != NODE {
+        let dir = cri.state_dir.join("netns");
+        let id_ = id.clone();
+        let ns = tokio::task::spawn_blocking(move || NetNs::create(&dir, &id_))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("creating the pod's network namespace: {e}")))?;
+        rec.netns = Some(ns.path().to_owned());
+        *entry.lock().unwrap() = rec.clone();
+        cri.store
+            .save_sandbox(&rec)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let req = network_request(&rec);
+        let pn = cri
+            .cni
+            .read()
+            .await
+            .setup_pod(&req)
+            .await
+            .map_err(|e| Status::internal(format!("setting up the pod network: {e}")))?;
+        ips = pn.ips.clone();
+        rec.ips = pn.ips.iter().map(|i| i.to_string()).collect();
+    }
+    let hostname = if net == NODE {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else if config.hostname.is_empty() {
+        meta.name.clone()
+    } else {
+        config.hostname.clone()
+    };
+    let dns_cfg = config.dns_config.as_ref().map(|d| dns::DnsConfig {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    });
+    let dir = rec.pod_dir.clone();
+    let files_req = dns::PodFilesRequest {
+        hostname: hostname.clone(),
+        ips,
+        dns: dns_cfg,
+        host_resolv_conf: None,
+    };
+    tokio::task::spawn_blocking(move || dns::write_pod_files(&dir, &files_req))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(format!("pod files: {e}")))?;
+    // the pause task
+    let rootfs = pause_rootfs(&cri.d.settings.root);
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone());
+    let mut sreq = ContainerRequest {
+        id: id.clone(),
+        args: Some(vec!["/pause".into()]),
+        entrypoint: Some(vec![]),
+        hostname: (net != NODE).then(|| hostname.clone()),
+        readonly_rootfs: true,
+        namespace: Some(NAMESPACE.into()),
+        cgroups_path: Some(spec::cgroups_path_under(&rec.cgroup_parent, &id)),
+        rlimits: Some(vec![]),
+        seccomp: SeccompMode::Unconfined,
+        oom_score_adj: Some(-998),
+        sysctls: config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone().into_iter().collect())
+            .unwrap_or_default(),
+        privileged: sc.as_ref().is_some_and(|s| s.privileged),
+        user: sc
+            .as_ref()
+            .and_then(|s| s.run_as_user.as_ref())
+            .map(|u| u.value.to_string()),
+        ..Default::default()
+    };
+    sreq.namespaces.network = match &rec.netns {
+        Some(p) => NamespaceMode::Join(p.clone()),
+        None => NamespaceMode::Host,
+    };
+    if net == NODE {
+        sreq.namespaces.uts = NamespaceMode::Host;
+    }
+    if pid == NODE {
+        sreq.namespaces.pid = NamespaceMode::Host;
+    }
+    if ipc == NODE {
+        sreq.namespaces.ipc = NamespaceMode::Host;
+    }
+    let root2 = rootfs.clone();
+    let generated = tokio::task::spawn_blocking(move || spec::generate(None, &sreq, &root2))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(format!("pod sandbox: {e}")))?;
+    let mut spec_json =
+        serde_json::to_value(&generated.spec).map_err(|e| internal("encoding")(e.to_string()))?;
+    spec_json["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    let now = chrono::Utc::now();
+    let md_rec = MdContainer {
+        id: id.clone(),
+        image: if cri.cfg.sandbox_image.is_empty() {
+            "rcd.io/builtin/pause".into()
+        } else {
+            cri.cfg.sandbox_image.clone()
+        },
+        snapshot_key: None,
+        labels: Labels::from([("io.cri-containerd.kind".into(), "sandbox".into())]),
+        spec: spec_json.clone(),
+        runtime: None,
+        created: now,
+        updated: now,
+    };
+    let md = cri.d.md.clone();
+    crate::server::service::blocking(move || {
+        md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
+            .map_err(crate::server::service::metadata_status)
+    })
+    .await?;
+    cri.tasks
+        .create(
+            NAMESPACE,
+            &id,
+            CreateOptions {
+                spec: spec_json,
+                rootfs: vec![],
+                io: IoConfig::default(),
+            },
+        )
+        .await
+        .map_err(|e| Status::internal(format!("creating the pause task: {e}")))?;
+    let pid = cri
+        .tasks
+        .start(NAMESPACE, &id, None)
+        .await
+        .map_err(|e| Status::internal(format!("starting the pause task: {e}")))?;
+    rec.pid = pid;
+    rec.state = SandboxState::Ready;
+    *entry.lock().unwrap() = rec.clone();
+    cri.store
+        .save_sandbox(&rec)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(rec)
+}
+
+fn network_request(rec: &SandboxRecord) -> PodNetworkRequest {
+    let meta = rec.config.metadata.clone().unwrap_or_default();
+    PodNetworkRequest {
+        id: rec.id.clone(),
+        netns: rec.netns.clone(),
+        args: PodNetworkRequest::k8s_args(&rec.id, &meta.namespace, &meta.name, &meta.uid),
+        port_mappings: rec
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0 && p.container_port > 0)
+            .map(|p| PortMapping {
+                host_port: p.host_port as u16,
+                container_port: p.container_port as u16,
+                protocol: match cri::Protocol::try_from(p.protocol) {
+                    Ok(cri::Protocol::Udp) => "udp",
+                    Ok(cri::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                }
+                .into(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        bandwidth: None,
+    }
+}
+
+/// Kills and deletes the pause task, releases the network; with `remove` also the pod files
+/// and the metadata record. Every step tolerates what is already gone.
+async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
+    stop_task(cri, id, Duration::ZERO).await?;
+    delete_task(cri, id).await?;
+    let Some(entry) = cri.store.sandbox(id) else {
+        return Ok(());
+    };
+    let rec = entry.lock().unwrap().clone();
+    if !rec.network_down {
+        if rec.netns.is_some() {
+            let req = network_request(&rec);
+            cri.cni
+                .read()
+                .await
+                .teardown_pod(&req)
+                .await
+                .map_err(|e| Status::internal(format!("tearing down the pod network: {e}")))?;
+        }
+        if let Some(p) = rec.netns.clone() {
+            tokio::task::spawn_blocking(move || netns::remove(&p))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("removing the network namespace: {e}")))?;
+        }
+    }
+    let snapshot = {
+        let mut r = entry.lock().unwrap();
+        r.network_down = true;
+        r.state = SandboxState::NotReady;
+        r.pid = 0;
+        r.clone()
+    };
+    cri.store
+        .save_sandbox(&snapshot)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if remove {
+        let _ = std::fs::remove_dir_all(&rec.pod_dir);
+        // a pod cgroup rcd named is rcd's to remove (kubelet removes its own)
+        let own = format!("{}/pod-{id}", cri.cfg.cgroup_parent.trim_end_matches('/'));
+        if rec.cgroup_parent == own {
+            remove_cgroup(&own);
+        }
+        let md = cri.d.md.clone();
+        let id_ = id.to_owned();
+        let _ = crate::server::service::blocking(move || {
+            md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
+                Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
+                r => r,
+            })
+            .map_err(crate::server::service::metadata_status)
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// Stops a task (a container's or a pause's): the signal, `timeout`, then SIGKILL. A task
+/// that is unknown or already stopped is fine.
+pub(crate) async fn stop_task(cri: &Cri, id: &str, timeout: Duration) -> Result<(), Status> {
+    let t = &cri.tasks;
+    match t.state(NAMESPACE, id, None).await {
+        Ok(s) if s.status == TaskStatus::Stopped => return Ok(()),
+        Ok(_) => {}
+        Err(crate::task::TaskError::NotFound { .. }) => return Ok(()),
+        Err(_) => {}
+    }
+    if !timeout.is_zero() {
+        let _ = t
+            .kill(NAMESPACE, id, None, libc::SIGTERM as u32, false)
+            .await;
+        if tokio::time::timeout(timeout, t.wait(NAMESPACE, id, None))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    match t
+        .kill(NAMESPACE, id, None, libc::SIGKILL as u32, true)
+        .await
+    {
+        Ok(()) | Err(crate::task::TaskError::NotFound { .. }) => {}
+        Err(e) => {
+            if !matches!(t.state(NAMESPACE, id, None).await, Ok(s) if s.status == TaskStatus::Stopped)
+            {
+                return Err(Status::internal(format!("killing {id}: {e}")));
+            }
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(10), t.wait(NAMESPACE, id, None)).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{id} did not stop within 10s of SIGKILL"
+        ))),
+    }
+}
+
+pub(crate) async fn delete_task(cri: &Cri, id: &str) -> Result<(), Status> {
+    match cri.tasks.delete(NAMESPACE, id).await {
+        Ok(_) | Err(crate::task::TaskError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(Status::internal(format!("deleting task {id}: {e}"))),
+    }
+}
+
+pub async fn stop(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("no pod sandbox id given"));
+    }
+    // unknown: already removed, as kubelet expects
+    let Some(entry) = cri.store.sandbox(id) else {
+        return Ok(());
+    };
+    let id = entry.lock().unwrap().id.clone();
+    for c in super::container::of_sandbox(cri, &id) {
+        super::container::stop(cri, &c, 0).await?;
+    }
+    teardown(cri, &id, false).await?;
+    info!(id = %id, "pod sandbox stopped");
+    Ok(())
+}
+
+pub async fn remove(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("no pod sandbox id given"));
+    }
+    let Some(entry) = cri.store.sandbox(id) else {
+        return Ok(());
+    };
+    let id = entry.lock().unwrap().id.clone();
+    for c in super::container::of_sandbox(cri, &id) {
+        super::container::stop(cri, &c, 0).await?;
+        super::container::remove(cri, &c).await?;
+    }
+    teardown(cri, &id, true).await?;
+    cri.store
+        .remove_sandbox(&id)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    info!(id = %id, "pod sandbox removed");
+    Ok(())
+}
+
+use std::sync::Arc;
+
+/// The sandbox's state, correcting a Ready record whose pause is gone.
+fn state_of(cri: &Cri, rec: &SandboxRecord) -> SandboxState {
+    if rec.state == SandboxState::Ready {
+        let live = cri
+            .tasks
+            .list(Some(NAMESPACE))
+            .into_iter()
+            .any(|t| t.id == rec.id && t.exit.is_none() && !t.shim_dead);
+        if !live {
+            return SandboxState::NotReady;
+        }
+    }
+    rec.state
+}
+
+fn cri_state(s: SandboxState) -> i32 {
+    match s {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub async fn status(
+    cri: &Cri,
+    req: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse, Status> {
+    let entry = get(cri, &req.pod_sandbox_id)?;
+    let rec = entry.lock().unwrap().clone();
+    let state = state_of(cri, &rec);
+    let c = &rec.config;
+    let mut ips = rec.ips.iter();
+    let network = (!host_network(c)).then(|| cri::PodSandboxNetworkStatus {
+        ip: ips.next().cloned().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    });
+    let status = cri::PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: c.metadata.clone(),
+        state: cri_state(state),
+        created_at: rec.created_at,
+        network,
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(namespace_options(c).unwrap_or_default()),
+            }),
+        }),
+        labels: c.labels.clone(),
+        annotations: c.annotations.clone(),
+        runtime_handler: String::new(),
+    };
+    let mut info = std::collections::HashMap::new();
+    if req.verbose {
+        info.insert(
+            "info".to_owned(),
+            serde_json::json!({
+                "pid": rec.pid,
+                "netns": rec.netns,
+                "podDir": rec.pod_dir,
+                "cgroupParent": rec.cgroup_parent,
+                "sandboxImage": if cri.cfg.sandbox_image.is_empty() { "built-in" } else { cri.cfg.sandbox_image.as_str() },
+            })
+            .to_string(),
+        );
+    }
+    let containers_statuses = vec![];
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(status),
+        info,
+        containers_statuses,
+        timestamp: now_ns(),
+    })
+}
+
+pub fn list(cri: &Cri, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+    let f = filter.unwrap_or_default();
+    let mut out = vec![];
+    for e in cri.store.sandboxes() {
+        let rec = e.lock().unwrap().clone();
+        if !f.id.is_empty() && !rec.id.starts_with(&f.id) {
+            continue;
+        }
+        let state = cri_state(state_of(cri, &rec));
+        if f.state.as_ref().is_some_and(|s| s.state != state) {
+            continue;
+        }
+        if !labels_match(&rec.config.labels, &f.label_selector) {
+            continue;
+        }
+        out.push(cri::PodSandbox {
+            id: rec.id,
+            metadata: rec.config.metadata.clone(),
+            state,
+            created_at: rec.created_at,
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+            runtime_handler: String::new(),
+        });
+    }
+    out.sort_by_key(|p| p.created_at);
+    out
+}
+
+/// Removes an (empty) cgroup from every v1 hierarchy and the unified one.
+fn remove_cgroup(path: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let dir = e.path().join(path.trim_start_matches('/'));
+        if dir.is_dir() {
+            if let Err(err) = std::fs::remove_dir(&dir) {
+                warn!(cgroup = %dir.display(), "removing the pod cgroup: {err}");
+            }
+        }
+    }
+}
