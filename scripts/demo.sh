@@ -1,56 +1,115 @@
 #!/usr/bin/env bash
-# The main job, end to end on a fresh machine: install what is needed, build every binary,
-# then run a real busybox container with runr and show its lifecycle.
+# The main job, end to end on a fresh machine: install what is needed, build every binary, start
+# a registry on loopback holding a busybox image, start rcd, pull the image with rctr and run
+# containers from it (through rshim and runr); then runr on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release
-RUNR="$PWD/target/release/runr"
+if [ -z "${DEMO_BIN:-}" ]; then
+  cargo build --release
+fi
+# DEMO_BIN=target/debug reuses binaries already built (development)
+BIN="$(realpath "${DEMO_BIN:-target/release}")"
+RUNR="$BIN/runr"
+RCTR="$BIN/rctr"
 
-work=$(mktemp -d /tmp/runr-demo.XXXXXX)
-root="$work/state"
-id="demo-$$"
+work=$(mktemp -d /tmp/rcd-demo.XXXXXX)
+sock="$work/rcd.sock"
+rctr() { "$RCTR" --address "$sock" "$@"; }
 cleanup() {
-  "$RUNR" --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+  set +e
+  if [ -n "${rcd_pid:-}" ]; then
+    for c in $(rctr containers ls -q 2>/dev/null); do
+      rctr tasks kill -s KILL "$c" >/dev/null 2>&1
+      rctr tasks rm -f "$c" >/dev/null 2>&1
+      rctr containers rm "$c" >/dev/null 2>&1
+    done
+    rctr images rm docker.io/library/busybox:latest >/dev/null 2>&1
+    kill "$rcd_pid" 2>/dev/null && wait "$rcd_pid" 2>/dev/null
+  fi
+  [ -n "${reg_pid:-}" ] && kill "$reg_pid" 2>/dev/null
+  "$RUNR" --root "$work/runr" delete --force "demo-$$" >/dev/null 2>&1
+  grep -o " $work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-# a bundle: busybox with its applets, and runr's default config.json
-mkdir -p "$work/bundle/rootfs/bin"
-cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-  [ "$applet" = busybox ] || ln -s busybox "$work/bundle/rootfs/bin/$applet"
-done
-mkdir -p "$work/bundle/rootfs"/{proc,sys,dev,tmp,etc}
-echo "root:x:0:0:root:/root:/bin/sh" > "$work/bundle/rootfs/etc/passwd"
-(cd "$work/bundle" && "$RUNR" spec)
-jq --arg cg "/runr-demo-$$" '.process.terminal = false
-  | .process.args = ["sh", "-c", "echo hello from $(hostname), pid $$ in its own namespace; ls /; exit 7"]
-  | .linux.cgroupsPath = $cg' "$work/bundle/config.json" > "$work/config.json"
-mv "$work/config.json" "$work/bundle/config.json"
+echo "== a busybox image (umoci), pushed to a docker-registry on 127.0.0.1 (skopeo)"
+port=$((20000 + RANDOM % 20000))
+mkdir -p "$work/reg"
+cat > "$work/reg/config.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/reg/data
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$work/reg/config.yml" > "$work/reg/log" 2>&1 &
+reg_pid=$!
+umoci init --layout "$work/oci" && umoci new --image "$work/oci:busybox"
+umoci unpack --image "$work/oci:busybox" "$work/img" >/dev/null
+mkdir -p "$work/img/rootfs/bin" "$work/img/rootfs/etc"
+cp /bin/busybox "$work/img/rootfs/bin/busybox"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$work/img/rootfs/bin/$a"; done
+echo "root:x:0:0:root:/root:/bin/sh" > "$work/img/rootfs/etc/passwd"
+umoci repack --image "$work/oci:busybox" "$work/img"
+umoci config --image "$work/oci:busybox" --config.cmd sh --config.env PATH=/bin:/usr/bin
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:busybox" \
+  "docker://127.0.0.1:$port/library/busybox:latest"
 
-echo "== runr run (foreground: output, then the exit code passes through)"
+echo "== rcd, with docker.io mirrored to that registry"
+cat > "$work/rcd.toml" <<TOML
+root = "$work/root"
+state = "$work/state"
+address = "$sock"
+log_level = "warn"
+
+[registries."docker.io"]
+[[registries."docker.io".mirrors]]
+url = "http://127.0.0.1:$port"
+TOML
+"$BIN/rcd" --config "$work/rcd.toml" > "$work/rcd.log" 2>&1 &
+rcd_pid=$!
+for _ in $(seq 100); do rctr version >/dev/null 2>&1 && break; sleep 0.1; done
+rctr version
+
+echo "== rctr images pull busybox (docker.io/library/busybox:latest, served by the mirror)"
+rctr images pull busybox
+rctr images ls
+
+echo "== rctr run --rm: output, then the container's exit code"
 set +e
-"$RUNR" --root "$root" run --bundle "$work/bundle" "$id"
+rctr run --rm busybox demo1 sh -c 'echo hello from $(hostname), pid $$, in a container run by rcd; exit 7'
 code=$?
 set -e
 echo "exit code: $code"
 [ "$code" = 7 ] || { echo "expected exit code 7" >&2; exit 1; }
 
-echo "== runr create / start / exec / kill / delete"
-jq '.process.args = ["sleep", "300"]' "$work/bundle/config.json" > "$work/config.json"
+echo "== rctr run -d / tasks ls / exec / kill / rm"
+rctr run -d busybox web sleep 300
+rctr tasks ls
+rctr tasks exec --exec-id e1 web sh -c 'echo "exec sees pid 1: $(cat /proc/1/cmdline | tr "\0" " ")"'
+rctr tasks kill -s KILL web
+for _ in $(seq 50); do rctr tasks ls | grep -q "web.*STOPPED" && break; sleep 0.1; done
+rctr tasks ls
+rctr tasks rm web
+rctr containers rm web
+
+echo "== runr on its own: a bundle from the image's rootfs, runc's command line"
+mkdir -p "$work/bundle"
+cp -a "$work/img/rootfs" "$work/bundle/rootfs"
+mkdir -p "$work/bundle/rootfs"/{proc,sys,dev,tmp}
+(cd "$work/bundle" && "$RUNR" spec)
+jq --arg cg "/runr-demo-$$" '.process.terminal = false
+  | .process.args = ["sh", "-c", "echo hello from runr; exit 3"]
+  | .linux.cgroupsPath = $cg' "$work/bundle/config.json" > "$work/config.json"
 mv "$work/config.json" "$work/bundle/config.json"
-"$RUNR" --root "$root" create --bundle "$work/bundle" "$id"
-"$RUNR" --root "$root" state "$id" | jq -c '{id, status, pid}'
-"$RUNR" --root "$root" start "$id"
-"$RUNR" --root "$root" list
-"$RUNR" --root "$root" exec "$id" sh -c 'echo "exec sees: $(ps | wc -l) lines of ps, hostname $(hostname)"'
-"$RUNR" --root "$root" kill "$id" KILL
-for _ in $(seq 50); do
-  [ "$("$RUNR" --root "$root" state "$id" | jq -r .status)" = stopped ] && break
-  sleep 0.1
-done
-"$RUNR" --root "$root" state "$id" | jq -c '{id, status}'
-"$RUNR" --root "$root" delete "$id"
-echo "== done: the container ran, exited, and left nothing behind"
+set +e
+"$RUNR" --root "$work/runr" run --bundle "$work/bundle" "demo-$$"
+code=$?
+set -e
+echo "runr exit code: $code"
+[ "$code" = 3 ] || { echo "expected exit code 3" >&2; exit 1; }
+echo "== done: the image was pulled, containers ran and exited, nothing is left behind"
