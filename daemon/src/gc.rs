@@ -135,11 +135,17 @@ fn mark(
     m
 }
 
-/// Roots that later record kinds add: HOOK for containers (issue 4). A container keeps its
-/// image's target blob and its rootfs snapshot key: when the containers table lands, return
-/// them here from `tx` (blob digests, snapshot keys) and the collector keeps them.
-fn other_roots(_tx: &WriteTx<'_>, _ns: &str) -> Result<(Vec<Digest>, Vec<String>), GcError> {
-    Ok((Vec::new(), Vec::new()))
+/// Roots besides images and leases: every container's rootfs snapshot (its parents, the
+/// image's layers, follow), so a container keeps running whatever happens to its image.
+/// Active snapshots are roots anyway (above); naming containers' keeps them whatever kind
+/// their snapshot has (e.g. a view), as containerd's container -> snapshot reference does.
+fn other_roots(tx: &WriteTx<'_>, ns: &str) -> Result<(Vec<Digest>, Vec<String>), GcError> {
+    let snapshots = tx
+        .containers(ns)?
+        .into_iter()
+        .filter_map(|c| c.snapshot_key)
+        .collect();
+    Ok((Vec::new(), snapshots))
 }
 
 /// The blobs that images reach, in any namespace, each with one image (namespace, name)

@@ -934,3 +934,35 @@ fn interrupted_create_is_undone_at_restart() {
     assert!(!marker.exists());
     e.ok(&["containers", "rm", "kept"]);
 }
+
+#[test]
+fn gc_never_collects_a_containers_snapshot() {
+    // the image goes (rm + prune --all collect synchronously) while its container runs: the
+    // container's rootfs snapshot and the layers under it stay, and exec still finds busybox
+    let e = env();
+    e.ok(&["run", "-d", &e.image, "gckeep", "sleep", "300"]);
+    e.ok(&["images", "rm", "--sync", &e.image]);
+    e.ok(&["images", "prune", "--all"]);
+    let snaps = e.ok(&["snapshots", "ls"]);
+    assert!(snaps.contains("gckeep"), "{snaps}");
+    let out = e.rctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "x1",
+        "gckeep",
+        "ls",
+        "/bin/busybox",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // once the container is gone, so is everything it kept
+    e.ok(&["tasks", "kill", "-s", "KILL", "gckeep"]);
+    wait_for("the task to stop", Duration::from_secs(10), || {
+        e.ok(&["tasks", "ls"]).contains("STOPPED")
+    });
+    e.ok(&["tasks", "rm", "gckeep"]);
+    e.ok(&["containers", "rm", "gckeep"]);
+    e.ok(&["images", "prune", "--all"]);
+    let snaps = e.ok(&["snapshots", "ls"]);
+    assert_eq!(snaps.lines().count(), 1, "only the header is left: {snaps}");
+}
