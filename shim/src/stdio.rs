@@ -128,6 +128,10 @@ pub struct StdinCopy {
     writer: Arc<Mutex<Option<File>>>,
     path: PathBuf,
     done: Arc<AtomicBool>,
+    /// Set by CloseIO: the copier copies what the FIFO still holds, then closes the pipe.
+    closing: Arc<AtomicBool>,
+    /// Set once the copier has met its client (opened the FIFO).
+    opened: Arc<AtomicBool>,
 }
 
 impl StdinCopy {
@@ -136,18 +140,43 @@ impl StdinCopy {
             .map_err(|e| Error::Failed(format!("creating the stdin pipe: {e}")))?;
         let writer = Arc::new(Mutex::new(Some(File::from(w))));
         let done = Arc::new(AtomicBool::new(false));
-        let (w2, d2, p2) = (writer.clone(), done.clone(), path.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicBool::new(false));
+        let (w2, d2, p2, c2, o2) = (
+            writer.clone(),
+            done.clone(),
+            path.clone(),
+            closing.clone(),
+            opened.clone(),
+        );
         std::thread::Builder::new()
             .name("stdin".into())
             .stack_size(64 * 1024)
             .spawn(move || {
                 // Blocks until the client opens its writer (or Drop opens one to end this).
                 if let Ok(mut fifo) = File::open(&p2) {
+                    o2.store(true, Ordering::SeqCst);
                     let mut buf = vec![0u8; 8192];
-                    while let Ok(n) = fifo.read(&mut buf) {
-                        if n == 0 {
-                            break;
+                    loop {
+                        // Poll in short steps so that CloseIO is seen while the client still
+                        // holds its writer; what the FIFO holds is copied before closing (a
+                        // client writes, closes and calls CloseIO at once: nothing may be lost).
+                        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+                        let ready = match poll(&mut fds, PollTimeout::from(50u16)) {
+                            Ok(n) => n > 0,
+                            Err(nix::errno::Errno::EINTR) => continue,
+                            Err(_) => break,
+                        };
+                        if !ready {
+                            if c2.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            continue;
                         }
+                        let n = match fifo.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
                         let mut w = w2.lock().unwrap();
                         let written = w.as_mut().is_some_and(|f| f.write_all(&buf[..n]).is_ok());
                         if !written {
@@ -159,18 +188,32 @@ impl StdinCopy {
                 d2.store(true, Ordering::SeqCst);
             })
             .map_err(|e| Error::Io("starting the stdin copier".into(), e))?;
-        Ok((File::from(r), StdinCopy { writer, path, done }))
+        Ok((
+            File::from(r),
+            StdinCopy {
+                writer,
+                path,
+                done,
+                closing,
+                opened,
+            },
+        ))
     }
 
-    /// CloseIO: the process reads EOF once it has read what was copied.
+    /// CloseIO: the process reads EOF once what the FIFO holds has been copied. A copier
+    /// still waiting for its client (it never opened the FIFO) closes the pipe at once.
     pub fn close(&self) {
-        *self.writer.lock().unwrap() = None;
+        self.closing.store(true, Ordering::SeqCst);
+        if !self.opened.load(Ordering::SeqCst) {
+            *self.writer.lock().unwrap() = None;
+        }
     }
 }
 
 impl Drop for StdinCopy {
     fn drop(&mut self) {
         self.close();
+        *self.writer.lock().unwrap() = None;
         if !self.done.load(Ordering::SeqCst) {
             // A copier still waiting for a client: meet its open with a writer that closes
             // at once, so it reads EOF and ends.
