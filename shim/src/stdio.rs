@@ -205,7 +205,13 @@ impl StdinCopy {
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         if !self.opened.load(Ordering::SeqCst) {
-            *self.writer.lock().unwrap() = None;
+            // a copier still in open(2) waiting for a writer: meet it with one that closes at
+            // once; it then copies whatever a client left in the FIFO and ends
+            let _ = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path);
         }
     }
 }

@@ -237,7 +237,9 @@ pub fn copy_stdin(path: &Path) -> Result<tokio::sync::oneshot::Receiver<()>> {
                 Err(_) => break,
             }
         }
-        drop(fifo);
+        // The FIFO stays open until rctr exits: a FIFO's content is discarded when its last
+        // descriptor closes, and the shim may not have opened its end yet.
+        std::mem::forget(fifo);
         let _ = tx.send(());
     });
     Ok(rx)
