@@ -585,8 +585,6 @@ fn events_namespaces_info() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut sub = spawn_tied(cmd).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    e.ok(&["run", "--rm", &e.image, "ev1", "true"]);
     let stdout = sub.stdout.take().unwrap();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let l2 = lines.clone();
@@ -599,13 +597,25 @@ fn events_namespaces_info() {
             l2.lock().unwrap().push(l);
         }
     });
+    // the subscription is live once it sees an event: a fixed sleep was too short under CI load
+    let mut n = 0;
+    wait_for("the subscription", Duration::from_secs(30), || {
+        let probe = format!("evprobe{n}");
+        n += 1;
+        e.ok(&["containers", "create", &e.image, &probe]);
+        e.ok(&["containers", "rm", &probe]);
+        let l = lines.lock().unwrap();
+        l.iter().any(|x| x.contains("/containers/delete"))
+    });
+    lines.lock().unwrap().clear();
+    e.ok(&["run", "--rm", &e.image, "ev1", "true"]);
     // shims publish through `rcd publish`, a process per event: the set is certain, the
     // order of the task events is not
-    wait_for("every event", Duration::from_secs(10), || {
+    wait_for("every event", Duration::from_secs(30), || {
         let l = lines.lock().unwrap();
         ["/containers/delete", "/tasks/delete", "/tasks/exit"]
             .iter()
-            .all(|t| l.iter().any(|x| x.contains(t)))
+            .all(|t| l.iter().any(|x| x.contains(t) && x.contains("\"ev1\"")))
     });
     let _ = sub.kill();
     let _ = sub.wait();
@@ -613,6 +623,7 @@ fn events_namespaces_info() {
         .lock()
         .unwrap()
         .iter()
+        .filter(|l| l.contains("\"ev1\""))
         .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned())
         .collect();
     let order = [
