@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rcd/v1/namespaces.proto",
         "proto/rcd/v1/events.proto",
         "proto/rcd/v1/introspection.proto",
+        "proto/rcd/v1/networks.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos {

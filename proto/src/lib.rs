@@ -44,3 +44,34 @@ mod tests {
         }
     }
 }
+
+/// Labels rcd keeps on a container for what its [`v1::ContainerOptions`] asked beyond ctr's
+/// flags (written by Containers.Create, read by task creation, the restart monitor and rnerd).
+pub mod labels {
+    /// The network mode or network name (`ContainerOptions.network`).
+    pub const NETWORK: &str = "rcd.io/network";
+    /// JSON array of `{"host_ip","host_port","container_port","protocol"}`.
+    pub const PORTS: &str = "rcd.io/ports";
+    /// Comma-separated extra names on its networks.
+    pub const ALIASES: &str = "rcd.io/aliases";
+    /// JSON array of `{"source","destination","readonly","kind"}`, kind `bind|volume|anonymous`.
+    pub const VOLUMES: &str = "rcd.io/volumes";
+    /// The restart policy as given (`always`, `on-failure:3`, ...).
+    pub const RESTART: &str = "rcd.io/restart";
+    /// Set (to "true") by a client's stop: the restart monitor leaves the container alone
+    /// until a start clears it.
+    pub const EXPLICITLY_STOPPED: &str = "rcd.io/explicitly-stopped";
+    /// How many times the restart monitor restarted it.
+    pub const RESTART_COUNT: &str = "rcd.io/restart-count";
+    /// "json-file" when rcd keeps its log.
+    pub const LOG: &str = "rcd.io/log";
+    /// The stop signal name.
+    pub const STOP_SIGNAL: &str = "rcd.io/stop-signal";
+    /// A human name (rnerd's `--name`); ids stay 64-hex.
+    pub const NAME: &str = "rcd.io/name";
+    /// The task's IP on its network, set while attached.
+    pub const IP: &str = "rcd.io/ip";
+    /// The compose project and service a container belongs to.
+    pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+    pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+}

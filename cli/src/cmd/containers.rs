@@ -84,6 +84,7 @@ impl ContainerFlags {
                 entrypoint: self.entrypoint.iter().cloned().collect(),
                 set_entrypoint: self.entrypoint.is_some(),
                 hostname: String::new(),
+                ..Default::default()
             }),
             labels: parse_labels(&self.labels)?,
             runtime: self.runtime.clone().unwrap_or_default(),
@@ -226,6 +227,7 @@ pub async fn run(client: &Client, cmd: ContainersCommand) -> Result<()> {
                     .delete(pb::DeleteContainerRequest {
                         id: id.clone(),
                         keep_snapshot,
+                        remove_volumes: false,
                     })
                     .await
                 {

@@ -44,6 +44,7 @@ pub async fn run(client: &Client, a: RunArgs) -> Result<()> {
             .delete(pb::DeleteContainerRequest {
                 id: a.id.clone(),
                 keep_snapshot: false,
+                remove_volumes: false,
             })
             .await;
     };

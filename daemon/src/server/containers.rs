@@ -599,6 +599,20 @@ impl pb::containers_server::Containers for ContainersService {
         }))
     }
 
+    type LogsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::LogsResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "logs of container {:?}: rcd keeps no json-file logs yet",
+            req.get_ref().id
+        )))
+    }
+
     async fn delete(
         &self,
         req: Request<pb::DeleteContainerRequest>,

@@ -102,6 +102,50 @@ fn exec_id(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Creates the init task of container `c`: the one path for Tasks.Create and for rcd's own
+/// starts (the restart monitor), so what a container's labels ask for (its network, its log)
+/// is set up the same way whoever starts it.
+pub(crate) async fn create_task(
+    rt: &Runtime,
+    ns: &str,
+    c: &crate::metadata::ContainerRecord,
+    io: IoConfig,
+) -> Result<u32, Status> {
+    let rootfs = match &c.snapshot_key {
+        Some(key) => rt.d.snapshotter.mounts(ns, key).map_err(snapshot_status)?,
+        None => {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} has no rootfs snapshot",
+                c.id
+            )))
+        }
+    };
+    let (pid, _io) = rt
+        .tasks
+        .create(
+            ns,
+            &c.id,
+            CreateOptions {
+                spec: c.spec.clone(),
+                rootfs,
+                io,
+            },
+        )
+        .await
+        .map_err(task_status)?;
+    Ok(pid)
+}
+
+/// Deletes the init task of container `id` (stopped): the one path for Tasks.Delete and rcd's
+/// own deletes, undoing what [`create_task`] set up beside the task.
+pub(crate) async fn delete_task(
+    rt: &Runtime,
+    ns: &str,
+    id: &str,
+) -> Result<crate::task::Exit, Status> {
+    rt.tasks.delete(ns, id).await.map_err(task_status)
+}
+
 pub struct TasksService(pub Arc<Runtime>);
 
 #[tonic::async_trait]
@@ -114,29 +158,7 @@ impl pb::tasks_server::Tasks for TasksService {
         let req = req.into_inner();
         let rt = &self.0;
         let c = get_container(&rt.d.md, &ns, &req.container_id)?;
-        let rootfs = match &c.snapshot_key {
-            Some(key) => rt.d.snapshotter.mounts(&ns, key).map_err(snapshot_status)?,
-            None => {
-                return Err(Status::failed_precondition(format!(
-                    "container {:?} has no rootfs snapshot",
-                    c.id
-                )))
-            }
-        };
-        let io = io_config(req.stdio);
-        let (pid, _io) = rt
-            .tasks
-            .create(
-                &ns,
-                &c.id,
-                CreateOptions {
-                    spec: c.spec.clone(),
-                    rootfs,
-                    io,
-                },
-            )
-            .await
-            .map_err(task_status)?;
+        let pid = create_task(rt, &ns, &c, io_config(req.stdio)).await?;
         info!(namespace = %ns, id = %c.id, pid, "task created");
         Ok(Response::new(pb::CreateTaskResponse { pid }))
     }
@@ -185,7 +207,7 @@ impl pb::tasks_server::Tasks for TasksService {
                 }
             }
         }
-        let exit = tasks.delete(&ns, id).await.map_err(task_status)?;
+        let exit = delete_task(&self.0, &ns, id).await?;
         info!(namespace = %ns, id, status = exit.status, "task deleted");
         Ok(Response::new(pb::DeleteTaskResponse {
             id: id.to_owned(),
