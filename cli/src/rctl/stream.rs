@@ -186,8 +186,11 @@ pub async fn remotecommand_spdy(url: &str, io: Io) -> Result<i32> {
     let err_task = tokio::spawn(async move {
         if let Some(s) = stderr.as_mut() {
             let mut err = tokio::io::stderr();
+            // tokio's stderr hands each write to a blocking thread: unflushed bytes are lost
+            // when the process exits right after
             while let Some(b) = s.read().await {
                 let _ = err.write_all(&b).await;
+                let _ = err.flush().await;
             }
         }
     });

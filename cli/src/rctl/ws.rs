@@ -92,7 +92,9 @@ pub async fn remotecommand_ws(url: &str, io: Io) -> Result<i32> {
                 let _ = out.flush().await;
             }
             2 => {
+                // unflushed, tokio's stderr may still hold it when the process exits
                 let _ = err.write_all(rest).await;
+                let _ = err.flush().await;
             }
             3 => status.extend_from_slice(rest),
             _ => {}
