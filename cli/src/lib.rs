@@ -4,3 +4,4 @@
 pub mod client;
 pub mod cmd;
 pub mod format;
+pub mod rnerd;
