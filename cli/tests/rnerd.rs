@@ -1,0 +1,534 @@
+//! rnerd through its real binary against a real `rcd` started here (build it and the shim
+//! first: `cargo build -p rcd -p rshim`; both are looked for next to rnerd), with busybox
+//! served by a loopback registry.
+
+use rtest::{busybox_image, spawn_tied, Registry};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RNERD: &str = env!("CARGO_BIN_EXE_rnerd");
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(RNERD).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: build it first (cargo build -p rcd -p rshim)",
+        p.display()
+    );
+    p
+}
+
+/// A daemon of the test's own, with busybox pulled.
+struct Env {
+    rcd: Option<Child>,
+    address: PathBuf,
+    image: String,
+    registry: String,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+    _reg: Registry,
+}
+
+fn env() -> Env {
+    let reg = Registry::start().unwrap();
+    reg.push(busybox_image(), "library/busybox", "latest")
+        .unwrap();
+    let image = reg.image_ref("library/busybox", "latest");
+    let registry = image.split('/').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let shim = std::env::var_os("RCD_TEST_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling("containerd-shim-runr-v2"));
+    std::fs::write(
+        &config,
+        format!(
+            "log_level = \"debug\"\nshim = {:?}\n",
+            shim.display().to_string()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let address = state.join("rcd.sock");
+    let log = dir.path().join("rcd.log");
+    let mut cmd = Command::new(sibling("rcd"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--address")
+        .arg(&address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = spawn_tied(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&address).is_err() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "rcd exited {st}:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "rcd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = Env {
+        rcd: Some(child),
+        address,
+        image,
+        registry,
+        log,
+        dir,
+        _reg: reg,
+    };
+    e.ok(&["pull", "-q", &e.image]);
+    e
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(RNERD);
+        cmd.arg("--address")
+            .arg(&self.address)
+            .arg("--insecure-registry")
+            .arg(&self.registry)
+            .args(args)
+            .env_remove("RCD_NAMESPACE")
+            .env("RCTR_FIFO_DIR", self.dir.path().join("fifo"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn rnerd(&self, args: &[&str]) -> Output {
+        spawn_tied(self.cmd(args))
+            .unwrap()
+            .wait_with_output()
+            .unwrap()
+    }
+
+    fn rcd_log(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Expects success; stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.rnerd(args);
+        assert!(
+            out.status.success(),
+            "rnerd {args:?}: {}\nstdout: {}\nstderr: {}\nrcd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.rcd_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Expects exit `code` and a message on stderr; the message.
+    fn fails(&self, code: i32, args: &[&str]) -> String {
+        let out = self.rnerd(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "rnerd {args:?}\nstdout: {}\nstderr: {err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!err.trim().is_empty(), "rnerd {args:?}: no message");
+        err
+    }
+
+    fn code(&self, args: &[&str]) -> Option<i32> {
+        self.rnerd(args).status.code()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.rcd.take() {
+            // whatever a failed test left: removed with its tasks
+            if let Ok(out) = self.cmd(&["ps", "-aq", "--no-trunc"]).output() {
+                for id in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = self.cmd(&["rm", "-f", id]).output();
+                }
+            }
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_rm_output_and_exit_codes() {
+    let e = env();
+    let out = e.rnerd(&["run", "--rm", &e.image, "echo", "hello", "-n"]);
+    assert!(out.status.success(), "{out:?}\n{}", e.rcd_log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello -n\n");
+    // stderr stays stderr; the container's exit code is rnerd's
+    let out = e.rnerd(&["run", "--rm", &e.image, "sh", "-c", "echo oops >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // flags reach the container
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        "-h",
+        "box",
+        &e.image,
+        "sh",
+        "-c",
+        "echo $A $(pwd) $(id -u):$(id -g) $(hostname)",
+    ]);
+    assert_eq!(out, "1 /tmp 1000:1000 box\n");
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "echo",
+        &e.image,
+        "via",
+        "entrypoint",
+    ]);
+    assert_eq!(out, "via entrypoint\n");
+    let err = e.fails(127, &["run", "--rm", &e.image, "no-such-command"]);
+    assert!(err.contains("no-such-command"), "{err}");
+    // nothing is left by --rm
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+    // a bad flag: docker's 125, with clap's message
+    let err = e.fails(125, &["run", "--rm", "--bogus", &e.image, "true"]);
+    assert!(err.contains("--bogus"), "{err}");
+    // stdin only with -i
+    let mut cmd = e.cmd(&["run", "--rm", "-i", &e.image, "sh", "-c", "cat; echo done"]);
+    cmd.stdin(Stdio::piped());
+    let mut child = spawn_tied(cmd).unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"in\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in\ndone\n");
+}
+
+#[test]
+fn detached_ps_exec_inspect_stop_start_rm() {
+    let e = env();
+    let id = e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-l",
+        "tier=front",
+        &e.image,
+        "sleep",
+        "300",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = e.ok(&["ps"]);
+    let header = ps.lines().next().unwrap();
+    for col in [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ] {
+        assert!(header.contains(col), "{ps}");
+    }
+    let row = ps.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with(&id[..12]) && row.contains("Up ") && row.ends_with("web"),
+        "{ps}"
+    );
+    assert!(row.contains("\"sleep 300\""), "{ps}");
+    assert_eq!(
+        e.ok(&["ps", "--format", "{{.Names}} {{.State}}"]),
+        "web running\n"
+    );
+    assert_eq!(
+        e.ok(&["ps", "-q", "--filter", "label=tier=front"]),
+        format!("{}\n", &id[..12])
+    );
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "status=exited"]), "");
+    // a name, the id or a prefix
+    assert_eq!(e.ok(&["exec", "web", "echo", "hi"]), "hi\n");
+    assert_eq!(e.ok(&["exec", &id[..5], "sh", "-c", "echo $X",]), "\n");
+    assert_eq!(
+        e.ok(&[
+            "exec",
+            "-e",
+            "X=2",
+            "-w",
+            "/etc",
+            id,
+            "sh",
+            "-c",
+            "echo $X $(pwd)"
+        ]),
+        "2 /etc\n"
+    );
+    assert_eq!(e.code(&["exec", "web", "sh", "-c", "exit 3"]), Some(3));
+    e.fails(127, &["exec", "web", "no-such-command"]);
+    // inspect: docker's shape
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "web"])).unwrap();
+    let c = &v[0];
+    assert_eq!(c["Id"], id);
+    assert_eq!(c["Name"], "/web");
+    assert_eq!(c["State"]["Status"], "running");
+    assert_eq!(c["State"]["Running"], true);
+    assert!(c["State"]["Pid"].as_u64().unwrap() > 0);
+    assert_eq!(c["Config"]["Labels"]["tier"], "front");
+    assert_eq!(c["Config"]["Cmd"], serde_json::json!(["sleep", "300"]));
+    assert_eq!(
+        e.ok(&["inspect", "-f", "{{.State.Status}} {{.Name}}", "web"]),
+        "running /web\n"
+    );
+    // the name is taken
+    let err = e.fails(125, &["run", "-d", "--name", "web", &e.image, "true"]);
+    assert!(err.contains("\"web\" is taken"), "{err}");
+    // top and stats see it
+    let top = e.ok(&["top", "web"]);
+    assert!(top.contains("sleep 300"), "{top}");
+    let stats = e.ok(&["stats", "--no-stream"]);
+    assert!(
+        stats.contains("web") && stats.contains("MEM USAGE"),
+        "{stats}"
+    );
+    // pause / unpause
+    e.ok(&["pause", "web"]);
+    assert_eq!(e.ok(&["ps", "--format", "{{.State}}"]), "paused\n");
+    e.fails(125, &["exec", "web", "true"]);
+    e.ok(&["unpause", "web"]);
+    // stop: SIGTERM is ignored by sleep as pid 1, so SIGKILL after -t
+    let t = Instant::now();
+    assert_eq!(e.ok(&["stop", "-t", "1", "web"]), "web\n");
+    assert!(t.elapsed() < Duration::from_secs(8));
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(v[0]["State"]["Status"], "exited");
+    assert_eq!(v[0]["State"]["ExitCode"], 137);
+    let row = e.ok(&["ps", "-a", "--format", "{{.Status}}"]);
+    assert!(row.starts_with("Exited (137)"), "{row}");
+    assert_eq!(e.ok(&["ps", "-q"]), "");
+    // start again, rename, kill, wait
+    e.ok(&["start", "web"]);
+    assert_eq!(e.ok(&["ps", "--format", "{{.Names}}"]), "web\n");
+    e.ok(&["rename", "web", "web2"]);
+    e.fails(125, &["rm", "web2"]);
+    e.ok(&["kill", "-s", "TERM", "web2"]);
+    e.ok(&["kill", "web2"]);
+    assert_eq!(e.ok(&["wait", "web2"]), "137\n");
+    assert_eq!(e.ok(&["rm", "web2"]), "web2\n");
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+    // create + start -a: the container's exit code
+    let id = e.ok(&[
+        "create",
+        "--name",
+        "c1",
+        &e.image,
+        "sh",
+        "-c",
+        "echo created; exit 4",
+    ]);
+    assert_eq!(id.trim().len(), 64);
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Status}}"]), "Created\n");
+    let out = e.rnerd(&["start", "-a", "c1"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "created\n");
+    e.ok(&["rm", "-f", "c1"]);
+    // rm -f of a running one
+    e.ok(&["run", "-d", "--name", "r", &e.image, "sleep", "300"]);
+    e.ok(&["rm", "-f", "r"]);
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+}
+
+#[test]
+fn bad_flags_and_unknown_names_exit_125() {
+    let e = env();
+    for args in [
+        vec!["stop", "nope"],
+        vec!["start", "nope"],
+        vec!["rm", "nope"],
+        vec!["kill", "nope"],
+        vec!["exec", "nope", "true"],
+        vec!["logs", "nope"],
+        vec!["wait", "nope"],
+        vec!["pause", "nope"],
+        vec!["port", "nope"],
+        vec!["top", "nope"],
+        vec!["rename", "nope", "x"],
+        vec!["inspect", "nope"],
+    ] {
+        let err = e.fails(125, &args);
+        assert!(
+            err.contains("no such container \"nope\"")
+                || err.contains("no such container or image"),
+            "{args:?}: {err}"
+        );
+    }
+    let bad: &[(&[&str], &str)] = &[
+        (&["-p", "99999:80"], "invalid port"),
+        (&["-p", "80/sctp"], "tcp or udp"),
+        (&["--restart", "sometimes"], "invalid restart policy"),
+        (&["--pull", "sometimes"], "invalid --pull"),
+        (&["-m", "lots"], "invalid memory"),
+        (&["--cpus", "0"], "invalid --cpus"),
+        (&["--name", "a/b"], "invalid container name"),
+        (&["-v", "data:relative"], "must be absolute"),
+        (&["--mount", "type=nfs,target=/x"], "type \"nfs\""),
+        (&["--env-file", "/nonexistent/env"], "/nonexistent/env"),
+        (&["--rm", "--restart", "always"], "exclude each other"),
+        (&["--stop-signal", "SIGNOPE"], "invalid signal"),
+    ];
+    for (flags, want) in bad {
+        let mut args = vec!["run", "--rm"];
+        if flags[0] == "--rm" {
+            args.pop();
+        }
+        args.extend_from_slice(flags);
+        args.extend([e.image.as_str(), "true"]);
+        let err = e.fails(125, &args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // nothing was made by the refused runs
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+    let err = e.fails(
+        125,
+        &[
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "example.invalid/none:1",
+            "true",
+        ],
+    );
+    assert!(err.contains("not found") && err.contains("pull"), "{err}");
+    let err = e.fails(125, &["ps", "--filter", "colour=red"]);
+    assert!(err.contains("invalid filter"), "{err}");
+    let err = e.fails(125, &["rmi", "nope"]);
+    assert!(err.contains("no such image"), "{err}");
+    let err = e.fails(125, &["ps", "--bogus"]);
+    assert!(err.contains("--bogus"), "{err}");
+    let err = e.fails(125, &["bogus-command"]);
+    assert!(err.contains("bogus-command"), "{err}");
+    // no daemon
+    let out = Command::new(RNERD)
+        .args(["--address", "/nonexistent/rcd.sock", "ps"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("daemon not running") && err.contains("--address"),
+        "{err}"
+    );
+    // help and completions are not errors
+    let out = Command::new(RNERD)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Examples"));
+    let out = Command::new(RNERD)
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rnerd"));
+}
+
+/// rnerd under `script`, on a pty of its own: (exit code, what the terminal showed).
+fn on_pty(e: &Env, args: &[&str], input: &[u8]) -> (Option<i32>, String) {
+    let mut line = format!(
+        "stty cols 101 rows 31; RCTR_FIFO_DIR={} {RNERD} --address {}",
+        e.dir.path().join("fifo").display(),
+        e.address.display()
+    );
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut cmd = Command::new("script");
+    cmd.args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_tied(cmd).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin.write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+    )
+}
+
+#[test]
+fn terminal_run_and_exec_it() {
+    let e = env();
+    let (code, shown) = on_pty(
+        &e,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            &e.image,
+            "sh",
+            "-c",
+            "tty; stty size; exit 5",
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(5), "{shown}");
+    assert!(
+        shown.contains("/dev/pts/") && shown.contains("31 101"),
+        "{shown}"
+    );
+    e.ok(&["run", "-d", "--name", "t", &e.image, "sleep", "300"]);
+    let (code, shown) = on_pty(
+        &e,
+        &["exec", "-it", "t", "sh"],
+        b"echo in-$((6*7))\nexit 3\n",
+    );
+    assert_eq!(code, Some(3), "{shown}");
+    assert!(shown.contains("in-42"), "{shown}");
+    e.ok(&["rm", "-f", "t"]);
+    wait_for("rm", Duration::from_secs(5), || {
+        e.ok(&["ps", "-aq"]).is_empty()
+    });
+}
