@@ -532,3 +532,89 @@ fn terminal_run_and_exec_it() {
         e.ok(&["ps", "-aq"]).is_empty()
     });
 }
+
+#[test]
+fn images_tag_save_rmi_load_push_login() {
+    let e = env();
+    let images = e.ok(&["images"]);
+    let header = images.lines().next().unwrap();
+    for col in ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"] {
+        assert!(header.contains(col), "{images}");
+    }
+    let repo = format!("{}/library/busybox", e.registry);
+    assert!(
+        images.contains(&repo) && images.contains("latest"),
+        "{images}"
+    );
+    assert_eq!(e.ok(&["images", "-q"]).lines().count(), 1);
+    let digests = e.ok(&["images", "--digests", "--format", "{{.Digest}}"]);
+    assert!(digests.starts_with("sha256:"), "{digests}");
+    e.ok(&["tag", &e.image, "mine:v1"]);
+    let names = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(names.contains("mine:v1"), "{names}");
+    let v: serde_json::Value =
+        serde_json::from_str(&e.ok(&["image", "inspect", "mine:v1"])).unwrap();
+    assert_eq!(v[0]["Os"], "linux");
+    assert!(v[0]["Id"].as_str().unwrap().starts_with("sha256:"));
+    let hist = e.ok(&["image", "history", "mine:v1"]);
+    assert!(
+        hist.starts_with("IMAGE") && hist.lines().count() >= 2,
+        "{hist}"
+    );
+    // save → rmi → load
+    let tar = e.dir.path().join("mine.tar");
+    e.ok(&["save", "-o", tar.to_str().unwrap(), "mine:v1"]);
+    assert!(std::fs::metadata(&tar).unwrap().len() > 100_000);
+    assert!(e.ok(&["rmi", "mine:v1"]).contains("mine:v1"));
+    e.fails(125, &["image", "inspect", "mine:v1"]);
+    let loaded = e.ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(loaded, "Loaded image: docker.io/library/mine:v1\n");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--pull", "never", "mine:v1", "echo", "loaded"]),
+        "loaded\n"
+    );
+    // a container keeps its image: rmi refuses without -f
+    e.ok(&["create", "--name", "user", "mine:v1", "true"]);
+    let err = e.fails(125, &["rmi", "mine:v1"]);
+    assert!(err.contains("used by container user"), "{err}");
+    e.ok(&["rm", "user"]);
+    e.ok(&["rmi", "mine:v1"]);
+    // a bad archive and a missing one
+    let junk = e.dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar").unwrap();
+    e.fails(125, &["load", "-i", junk.to_str().unwrap()]);
+    let err = e.fails(125, &["load", "-i", "/nonexistent.tar"]);
+    assert!(err.contains("/nonexistent.tar"), "{err}");
+    let err = e.fails(125, &["save", "-o", tar.to_str().unwrap(), "nope:1"]);
+    assert!(err.contains("nope"), "{err}");
+    // push under another name, pull it back
+    let pushed = format!("{}/mine/pushed:v2", e.registry);
+    e.ok(&["tag", &e.image, &pushed]);
+    let out = e.ok(&["push", &pushed]);
+    assert!(out.contains("digest: sha256:"), "{out}");
+    e.ok(&["rmi", &pushed]);
+    e.ok(&["pull", &pushed]);
+    // login/logout: docker's config.json
+    let cfg = e.dir.path().join("docker");
+    let mut cmd = e.cmd(&["login", "-u", "me", "--password-stdin", "registry.example"]);
+    cmd.env("DOCKER_CONFIG", &cfg).stdin(Stdio::piped());
+    let mut child = spawn_tied(cmd).unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["auths"]["registry.example"]["auth"], "bWU6c2VjcmV0");
+    let mut cmd = e.cmd(&["logout", "registry.example"]);
+    cmd.env("DOCKER_CONFIG", &cfg);
+    assert!(cmd.output().unwrap().status.success());
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();
+    assert!(v["auths"].as_object().unwrap().is_empty());
+    // version and info talk to rcd
+    assert!(e.ok(&["version"]).contains("Server"));
+    assert!(e.ok(&["info"]).contains("Images: "));
+}

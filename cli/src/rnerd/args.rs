@@ -90,6 +90,28 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Push an image to a registry
+    Push(PushArgs),
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Write images to a tar archive (docker's and OCI's layout at once)
+    #[command(after_help = "Examples:
+  rnerd save -o busybox.tar busybox
+  rnerd save busybox | gzip > busybox.tar.gz")]
+    Save(SaveArgs),
+    /// Read images from a tar archive (docker save's or an OCI layout; plain, gzip or zstd)
+    Load(LoadArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Store a registry's credentials (in docker's ~/.docker/config.json)
+    Login(LoginArgs),
+    /// Forget a registry's credentials
+    Logout { server: Option<String> },
+    /// Print rnerd's and rcd's versions
+    Version,
+    /// Show what rcd holds and runs
+    Info,
     /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
 }
@@ -366,6 +388,102 @@ pub struct ImagesArgs {
     pub format: Option<String>,
     /// Only images whose name matches REPOSITORY[:TAG]
     pub repository: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Show images as JSON
+    Inspect {
+        /// Output: json (default) or a template
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show an image's layers and the steps that made them
+    History {
+        /// Don't truncate
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only the layer ids
+        #[arg(short, long)]
+        quiet: bool,
+        image: String,
+    },
+    /// Remove unused images' data (-a: every image no container uses)
+    Prune {
+        /// Every image no container uses, not only unreferenced data
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove images
+    Rm(RmiArgs),
+    /// Pull an image
+    Pull(PullArgs),
+    /// Push an image
+    Push(PushArgs),
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Write images to a tar archive
+    Save(SaveArgs),
+    /// Read images from a tar archive
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Only the final line
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+    pub image: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Write to this file (default: stdout, which must not be a terminal)
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from this file (default: stdin)
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Only the loaded names
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Registry host (default: docker.io)
+    pub server: Option<String>,
 }
 
 #[derive(Args, Debug)]

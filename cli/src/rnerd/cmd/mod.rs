@@ -4,6 +4,8 @@
 pub mod container;
 pub mod exec;
 pub mod images;
+pub mod images2;
+pub mod info;
 pub mod inspect;
 pub mod logs;
 pub mod ps;
@@ -43,6 +45,14 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Pull(a) => images::pull_cmd(ctx, a).await,
         Command::Images(a) => images::images(ctx, a).await,
         Command::Rmi(a) => images::rmi(ctx, a).await,
+        Command::Push(a) => images2::push(ctx, a).await,
+        Command::Tag { source, target } => images2::tag(ctx, &source, &target).await,
+        Command::Save(a) => images2::save(ctx, a).await,
+        Command::Load(a) => images2::load(ctx, a).await,
+        Command::Image(c) => images2::image(ctx, c).await,
+        Command::Login(_) | Command::Logout { .. } => unreachable!("handled before connecting"),
+        Command::Version => info::version(ctx).await,
+        Command::Info => info::info(ctx).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
     }
 }
