@@ -291,7 +291,10 @@ pub async fn load(ctx: &Ctx, a: LoadArgs) -> Result<()> {
                     String::new()
                 },
             };
-            if (n == 0 && !first) || tx.send(msg).await.is_err() || n == 0 {
+            if n == 0 && !first {
+                break;
+            }
+            if tx.send(msg).await.is_err() || n == 0 {
                 break;
             }
             first = false;

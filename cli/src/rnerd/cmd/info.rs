@@ -50,8 +50,7 @@ pub async fn info(ctx: &Ctx) -> Result<()> {
         .map_err(ctx.st())?
         .into_inner()
         .images;
-    println!("Client:\n Namespace:\t{}", "(see --namespace)");
-    println!("\nServer:");
+    println!("Server:");
     println!(" Containers: {}", list.len());
     println!("  Running: {}", count(pb::TaskStatus::Running));
     println!("  Paused: {}", count(pb::TaskStatus::Paused));
