@@ -169,6 +169,20 @@ impl Client {
         )
     }
 
+    pub fn networks(&self) -> rcd_proto::v1::networks_client::NetworksClient<Svc> {
+        rcd_proto::v1::networks_client::NetworksClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn volumes(&self) -> rcd_proto::v1::volumes_client::VolumesClient<Svc> {
+        rcd_proto::v1::volumes_client::VolumesClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
     pub fn introspection(&self) -> rcd_proto::v1::introspection_client::IntrospectionClient<Svc> {
         rcd_proto::v1::introspection_client::IntrospectionClient::with_interceptor(
             self.channel.clone(),

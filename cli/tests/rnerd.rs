@@ -618,3 +618,41 @@ fn images_tag_save_rmi_load_push_login() {
     assert!(e.ok(&["version"]).contains("Server"));
     assert!(e.ok(&["info"]).contains("Images: "));
 }
+
+#[test]
+fn events_df_and_system_prune() {
+    let e = env();
+    let mut cmd = e.cmd(&["events", "--filter", "type=container"]);
+    cmd.stdout(Stdio::piped());
+    let mut events = spawn_tied(cmd).unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // the subscription is live once an event of ours comes through
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|l: &String| l.contains(" container exit ")) {
+        assert!(Instant::now() < deadline, "no exit event: {seen:?}");
+        e.ok(&["run", "--rm", &e.image, "true"]);
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+            seen.push(l);
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains(" container start ")), "{seen:?}");
+    let _ = events.kill();
+    let _ = events.wait();
+    // df counts; prune removes stopped containers only
+    e.ok(&["create", "--name", "stopped", &e.image, "true"]);
+    e.ok(&["run", "-d", "--name", "up", &e.image, "sleep", "300"]);
+    let df = e.ok(&["system", "df"]);
+    assert!(df.contains("Images") && df.contains("Containers"), "{df}");
+    let out = e.ok(&["system", "prune", "-f"]);
+    assert!(out.contains("Deleted Containers:"), "{out}");
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]), "up\n");
+    e.ok(&["rm", "-f", "up"]);
+}

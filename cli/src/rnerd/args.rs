@@ -108,6 +108,24 @@ pub enum Command {
     Login(LoginArgs),
     /// Forget a registry's credentials
     Logout { server: Option<String> },
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Disk usage and clean-up
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Print rcd's events as they happen
+    Events {
+        /// Filter: type=container|image|..., event=start|exit|...
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// Output: plain (default) or json
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Print rnerd's and rcd's versions
     Version,
     /// Show what rcd holds and runs
@@ -493,4 +511,121 @@ pub struct RmiArgs {
     pub force: bool,
     #[arg(required = true)]
     pub images: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a bridge network with its own subnet
+    #[command(after_help = "Examples:
+  rnerd network create app
+  rnerd network create --subnet 10.9.0.0/24 app2")]
+    Create {
+        /// Driver (only bridge)
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free /24)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first)
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Label KEY=VALUE (repeatable)
+        #[arg(long)]
+        label: Vec<String>,
+        name: String,
+    },
+    /// List networks
+    #[command(alias = "list")]
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output: table (default), json, or a template
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks as JSON
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (default name: random)
+    Create {
+        /// Label KEY=VALUE (repeatable)
+        #[arg(long)]
+        label: Vec<String>,
+        name: Option<String>,
+    },
+    /// List volumes
+    #[command(alias = "list")]
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output: table (default), json, or a template
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show volumes as JSON
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes
+    #[command(alias = "remove")]
+    Rm {
+        /// Accepted for docker's sake
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes no container uses (anonymous ones; -a: all)
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Disk usage of images, containers and volumes
+    Df,
+    /// Remove stopped containers, unused networks, dangling image data (-a: unused images; --volumes)
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+        /// Unused anonymous volumes too
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Print rcd's events
+    Events {
+        #[arg(short, long)]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show what rcd holds and runs
+    Info,
 }

@@ -8,6 +8,7 @@ pub mod images2;
 pub mod info;
 pub mod inspect;
 pub mod logs;
+pub mod network;
 pub mod ps;
 pub mod run;
 pub mod stats;
@@ -51,6 +52,10 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Load(a) => images2::load(ctx, a).await,
         Command::Image(c) => images2::image(ctx, c).await,
         Command::Login(_) | Command::Logout { .. } => unreachable!("handled before connecting"),
+        Command::Network(c) => network::network(ctx, c).await,
+        Command::Volume(c) => network::volume(ctx, c).await,
+        Command::System(c) => network::system(ctx, c).await,
+        Command::Events { filter, format } => network::events(ctx, filter, format).await,
         Command::Version => info::version(ctx).await,
         Command::Info => info::info(ctx).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
