@@ -629,7 +629,10 @@ fn events_df_and_system_prune() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(l);
         }
     });
@@ -643,7 +646,10 @@ fn events_df_and_system_prune() {
             seen.push(l);
         }
     }
-    assert!(seen.iter().any(|l| l.contains(" container start ")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains(" container start ")),
+        "{seen:?}"
+    );
     let _ = events.kill();
     let _ = events.wait();
     // df counts; prune removes stopped containers only
@@ -655,4 +661,65 @@ fn events_df_and_system_prune() {
     assert!(out.contains("Deleted Containers:"), "{out}");
     assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]), "up\n");
     e.ok(&["rm", "-f", "up"]);
+}
+
+#[test]
+fn cp_both_ways_stays_in_the_container() {
+    let e = env();
+    e.ok(&["run", "-d", "--name", "box", &e.image, "sleep", "300"]);
+    // the container makes a symlink pointing out of itself
+    e.ok(&["exec", "box", "sh", "-c", "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b && ln -s /etc /data/etc-link && ln -s ../../../../../../ /escape"]);
+    let host = e.dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    // out: a file, then a directory into an existing directory
+    e.ok(&["cp", "box:/data/a", host.join("a.txt").to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("a.txt")).unwrap(),
+        "one\n"
+    );
+    e.ok(&["cp", "box:/data", host.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/sub/b")).unwrap(),
+        "two\n"
+    );
+    assert!(std::fs::symlink_metadata(host.join("data/etc-link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // in: a directory and a file
+    std::fs::create_dir(host.join("site")).unwrap();
+    std::fs::write(host.join("site/index.html"), "hello").unwrap();
+    e.ok(&["cp", host.join("site").to_str().unwrap(), "box:/tmp"]);
+    assert_eq!(
+        e.ok(&["exec", "box", "cat", "/tmp/site/index.html"]),
+        "hello"
+    );
+    e.ok(&[
+        "cp",
+        host.join("a.txt").to_str().unwrap(),
+        "box:/tmp/renamed",
+    ]);
+    assert_eq!(e.ok(&["exec", "box", "cat", "/tmp/renamed"]), "one\n");
+    // through the container's escaping symlink: still inside the container
+    let marker = e.dir.path().join("marker-outside");
+    let escaped = format!("box:/escape{}", marker.display());
+    let err = e.fails(125, &["cp", host.join("a.txt").to_str().unwrap(), &escaped]);
+    assert!(err.contains("make the directory first"), "{err}");
+    assert!(!marker.exists());
+    e.ok(&[
+        "cp",
+        host.join("a.txt").to_str().unwrap(),
+        "box:/escape/tmp/via-link",
+    ]);
+    assert_eq!(e.ok(&["exec", "box", "cat", "/tmp/via-link"]), "one\n");
+    assert!(!Path::new("/tmp/via-link").exists());
+    // errors
+    let err = e.fails(125, &["cp", "box:/nope", host.to_str().unwrap()]);
+    assert!(err.contains("/nope"), "{err}");
+    e.fails(125, &["cp", "/nonexistent-src", "box:/tmp"]);
+    e.fails(125, &["cp", "a", "b"]);
+    e.ok(&["stop", "-t", "0", "box"]);
+    let err = e.fails(125, &["cp", "box:/etc/hostname", host.to_str().unwrap()]);
+    assert!(err.contains("not running"), "{err}");
+    e.ok(&["rm", "box"]);
 }

@@ -84,6 +84,16 @@ pub enum Command {
     Stats(StatsArgs),
     /// Attach to a running container's output (and input, with -i at run)
     Attach { container: String },
+    /// Copy files between a running container and the host
+    #[command(after_help = "Examples:
+  rnerd cp web:/etc/hostname .
+  rnerd cp ./site web:/www")]
+    Cp {
+        /// CONTAINER:PATH or a host path
+        src: String,
+        /// CONTAINER:PATH or a host path
+        dst: String,
+    },
     /// Pull an image from a registry
     Pull(PullArgs),
     /// List images

@@ -2,6 +2,7 @@
 //! finding containers and telling their state.
 
 pub mod container;
+pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod images2;
@@ -43,6 +44,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Top { container } => container::top(ctx, &container).await,
         Command::Stats(a) => stats::stats(ctx, a).await,
         Command::Attach { container } => container::attach(ctx, &container).await,
+        Command::Cp { src, dst } => cp::cp(ctx, &src, &dst).await,
         Command::Pull(a) => images::pull_cmd(ctx, a).await,
         Command::Images(a) => images::images(ctx, a).await,
         Command::Rmi(a) => images::rmi(ctx, a).await,
