@@ -723,3 +723,42 @@ fn cp_both_ways_stays_in_the_container() {
     assert!(err.contains("not running"), "{err}");
     e.ok(&["rm", "box"]);
 }
+
+/// Not a test: `rnerd run --rm busybox true` against `rctr run --rm` on the same rcd
+/// (`cargo test -p rcd-cli --test rnerd -- --ignored --nocapture bench`).
+#[test]
+#[ignore]
+fn bench_run_rm() {
+    let e = env();
+    let rctr = sibling("rctr");
+    let n = 20;
+    let time = |f: &dyn Fn(usize)| {
+        f(0);
+        let t = Instant::now();
+        for i in 1..=n {
+            f(i);
+        }
+        t.elapsed() / n as u32
+    };
+    let rnerd = time(&|_| {
+        e.ok(&["run", "--rm", &e.image, "true"]);
+    });
+    let rctr_t = time(&|i| {
+        let out = Command::new(&rctr)
+            .args([
+                "--address",
+                e.address.to_str().unwrap(),
+                "run",
+                "--rm",
+                &e.image,
+                &format!("b{i}"),
+                "true",
+            ])
+            .env("RCTR_FIFO_DIR", e.dir.path().join("fifo"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    println!("rnerd run --rm busybox true: {rnerd:?} per run ({n} runs)");
+    println!("rctr run --rm busybox ID true: {rctr_t:?} per run");
+}
