@@ -762,3 +762,21 @@ fn bench_run_rm() {
     println!("rnerd run --rm busybox true: {rnerd:?} per run ({n} runs)");
     println!("rctr run --rm busybox ID true: {rctr_t:?} per run");
 }
+
+#[test]
+fn commit_makes_an_image_of_the_changes() {
+    let e = env();
+    e.ok(&["run", "-d", "--name", "src", &e.image, "sh", "-c", "echo made > /made; rm /bin/vi; mkdir /d; sleep 300"]);
+    wait_for("the changes", Duration::from_secs(10), || {
+        e.rnerd(&["exec", "src", "test", "-d", "/d"]).status.success()
+    });
+    let id = e.ok(&["commit", "-m", "a note", "src", "committed:v1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    // the change is there, the removal too, and the container's command is the image's
+    let out = e.ok(&["run", "--rm", "committed:v1", "sh", "-c", "cat /made; test -e /bin/vi || echo no-vi"]);
+    assert_eq!(out, "made\nno-vi\n");
+    let hist = e.ok(&["image", "history", "committed:v1"]);
+    assert!(hist.contains("rnerd commit src") && hist.contains("a note"), "{hist}");
+    e.ok(&["rm", "-f", "src"]);
+    e.fails(125, &["commit", "nope", "x:1"]);
+}

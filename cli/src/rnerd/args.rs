@@ -94,6 +94,24 @@ pub enum Command {
         /// CONTAINER:PATH or a host path
         dst: String,
     },
+    /// Make an image from a container's changes
+    #[command(after_help = "Examples:
+  rnerd commit web myweb:v2
+  rnerd commit -m 'add index' -a me web")]
+    Commit {
+        /// Commit message (the new history entry's comment)
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author
+        #[arg(short, long)]
+        author: Option<String>,
+        /// Pause the container while committing (default true)
+        #[arg(short, long, default_value_t = true, action = ArgAction::Set)]
+        pause: bool,
+        container: String,
+        /// REPOSITORY[:TAG]
+        image: String,
+    },
     /// Pull an image from a registry
     Pull(PullArgs),
     /// List images

@@ -1,6 +1,7 @@
 //! rnerd's commands, one module each (flags are in `super::args`), and what they share:
 //! finding containers and telling their state.
 
+pub mod commit;
 pub mod container;
 pub mod cp;
 pub mod exec;
@@ -45,6 +46,13 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Stats(a) => stats::stats(ctx, a).await,
         Command::Attach { container } => container::attach(ctx, &container).await,
         Command::Cp { src, dst } => cp::cp(ctx, &src, &dst).await,
+        Command::Commit {
+            message,
+            author,
+            pause,
+            container,
+            image,
+        } => commit::commit(ctx, &container, &image, message, author, pause).await,
         Command::Pull(a) => images::pull_cmd(ctx, a).await,
         Command::Images(a) => images::images(ctx, a).await,
         Command::Rmi(a) => images::rmi(ctx, a).await,
