@@ -467,7 +467,7 @@ impl NetManager {
         let users = task::attached(self, ns, &rec.name);
         if !users.is_empty() {
             return Err(NetError::InUse(format!(
-                "network {:?} is in use by container {}: stop it first",
+                "network {:?} is in use by container {:?}: stop it first",
                 rec.name,
                 users.keys().next().expect("one")
             )));

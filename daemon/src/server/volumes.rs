@@ -144,7 +144,7 @@ impl pb::volumes_server::Volumes for VolumesService {
             rt.net.volumes.get(&ns, &name).map_err(net_status)?;
             if let Some(ids) = users(&rt, &ns)?.get(&name) {
                 return Err(Status::failed_precondition(format!(
-                    "volume {name:?} is in use by container {}: remove the container first",
+                    "volume {name:?} is in use by container {:?}: remove the container first",
                     ids[0]
                 )));
             }
