@@ -88,6 +88,12 @@ async fn finish(e: Env, networks: &[&str]) {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "netns left: {left:?}");
+    // every container's rules went with its CNI DEL (only the "bridge" device stays)
+    let rules: Vec<_> = host_leftovers(n)
+        .into_iter()
+        .filter(|l| l.starts_with("-A "))
+        .collect();
+    assert!(rules.is_empty(), "iptables rules left: {rules:?}");
     drop(e);
     let left = host_leftovers(n);
     assert!(

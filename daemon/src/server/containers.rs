@@ -442,6 +442,7 @@ pub(super) async fn remove_stale_tasks(rt: Arc<Runtime>) {
         if let Err(e) = rt.tasks.delete(&t.namespace, &t.id).await {
             warn!(namespace = %t.namespace, id = %t.id, "removing a stale task: {e}");
         }
+        crate::netmgr::task::teardown(&rt, &t.namespace, &t.id).await;
     }
 }
 
