@@ -39,6 +39,13 @@ fn http_get(addr: &str, timeout: Duration) -> Result<String, String> {
     }
 }
 
+/// Whether a hosts file maps `name`.
+fn names(hosts: &str, name: &str) -> bool {
+    hosts
+        .lines()
+        .any(|l| l.split_whitespace().skip(1).any(|w| w == name))
+}
+
 fn host_ip() -> String {
     let out = std::process::Command::new("ip")
         .args(["-4", "-o", "route", "get", "1.1.1.1"])
@@ -110,7 +117,12 @@ async fn published_ports_reach_httpd_from_the_host() {
     o.network = "bridge".into();
     o.hostname = "web1".into();
     o.ports = vec![port(fixed as u32, 80), port(0, 80)];
+    let t0 = Instant::now();
     e.run("web", "web", o).await;
+    eprintln!(
+        "create + start on a network with 2 host ports: {:?}",
+        t0.elapsed()
+    );
     let labels = e.labels("web").await;
     let ip = labels.get(L::IP).expect("an IP label").clone();
     assert!(ip.starts_with(&netcommon::pool_prefix(1)), "{ip}");
@@ -194,9 +206,21 @@ async fn containers_resolve_each_other_and_share_namespaces() {
 
     // a later container shows up in srv's hosts file (rewritten in place): a container
     // sharing srv's namespace (and hosts file) resolves it, and reaches srv on localhost
+    let srv_hosts = e
+        .rcd
+        .state
+        .join("networks/files/default")
+        .join(e.cid("srv"))
+        .join("hosts");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&srv_hosts).unwrap());
+    let before = inode();
     let mut o = sh("sleep 60");
     o.network = "front".into();
     e.run("late", "late", o).await;
+    let hosts = std::fs::read_to_string(&srv_hosts).unwrap();
+    assert!(names(&hosts, "late"), "{hosts}");
+    assert!(!names(&hosts, "cl"), "a removed peer stays out: {hosts}");
+    assert_eq!(inode(), before, "rewritten in place");
     let mut o = sh("wget -q -O - http://127.0.0.1/ | grep -q hello && ping -c 1 -W 3 late");
     o.network = "container:srv".into();
     e.run("side", "", o).await;
@@ -215,6 +239,8 @@ async fn containers_resolve_each_other_and_share_namespaces() {
     assert!(err.message().contains("in use"), "{err:?}");
     // container: of a container that does not run
     e.stop("late").await;
+    let hosts = std::fs::read_to_string(&srv_hosts).unwrap();
+    assert!(!names(&hosts, "late"), "{hosts}");
     let mut o = sh("true");
     o.network = "container:late".into();
     e.create("side2", "", o).await.unwrap();
