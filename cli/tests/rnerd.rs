@@ -21,6 +21,7 @@ fn sibling(name: &str) -> PathBuf {
 
 /// A daemon of the test's own, with busybox pulled.
 struct Env {
+    n: u8,
     rcd: Option<Child>,
     address: PathBuf,
     image: String,
@@ -30,7 +31,49 @@ struct Env {
     _reg: Registry,
 }
 
-fn env() -> Env {
+/// Test `n`'s network pool (10.<140+n>.0.0/16) and bridge prefix (`rn<nn>-`): tests run in
+/// parallel, each with an rcd of its own, and must not share bridges or subnets.
+fn pool_prefix(n: u8) -> String {
+    format!("10.{}.", 140 + n)
+}
+
+fn bridge_prefix(n: u8) -> String {
+    format!("rn{n:02}-")
+}
+
+/// Removes test `n`'s bridges and the iptables rules naming its pool (what a killed run left).
+fn purge_host(n: u8) {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(name) = line.split(": ").nth(1) {
+            let name = name.split('@').next().unwrap_or(name);
+            if name.starts_with(&bridge_prefix(n)) {
+                let _ = Command::new("ip").args(["link", "del", name]).status();
+            }
+        }
+    }
+    for table in ["nat", "filter"] {
+        let out = Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+fn env(n: u8) -> Env {
+    purge_host(n);
     let reg = Registry::start().unwrap();
     reg.push(busybox_image(), "library/busybox", "latest")
         .unwrap();
@@ -44,8 +87,10 @@ fn env() -> Env {
     std::fs::write(
         &config,
         format!(
-            "log_level = \"debug\"\nshim = {:?}\n",
-            shim.display().to_string()
+            "log_level = \"debug\"\nshim = {:?}\n\n[networks]\npool = \"{}0.0/16\"\nbridge_prefix = {:?}\n",
+            shim.display().to_string(),
+            pool_prefix(n),
+            bridge_prefix(n),
         ),
     )
     .unwrap();
@@ -77,6 +122,7 @@ fn env() -> Env {
         std::thread::sleep(Duration::from_millis(20));
     }
     let e = Env {
+        n,
         rcd: Some(child),
         address,
         image,
@@ -170,6 +216,7 @@ impl Drop for Env {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            purge_host(self.n);
         }
     }
 }
@@ -184,7 +231,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn run_rm_output_and_exit_codes() {
-    let e = env();
+    let e = env(1);
     let out = e.rnerd(&["run", "--rm", &e.image, "echo", "hello", "-n"]);
     assert!(out.status.success(), "{out:?}\n{}", e.rcd_log());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello -n\n");
@@ -241,7 +288,7 @@ fn run_rm_output_and_exit_codes() {
 
 #[test]
 fn detached_ps_exec_inspect_stop_start_rm() {
-    let e = env();
+    let e = env(2);
     let id = e.ok(&[
         "run",
         "-d",
@@ -376,7 +423,7 @@ fn detached_ps_exec_inspect_stop_start_rm() {
 
 #[test]
 fn bad_flags_and_unknown_names_exit_125() {
-    let e = env();
+    let e = env(3);
     for args in [
         vec!["stop", "nope"],
         vec!["start", "nope"],
@@ -500,7 +547,7 @@ fn on_pty(e: &Env, args: &[&str], input: &[u8]) -> (Option<i32>, String) {
 
 #[test]
 fn terminal_run_and_exec_it() {
-    let e = env();
+    let e = env(4);
     let (code, shown) = on_pty(
         &e,
         &[
@@ -535,7 +582,7 @@ fn terminal_run_and_exec_it() {
 
 #[test]
 fn images_tag_save_rmi_load_push_login() {
-    let e = env();
+    let e = env(5);
     let images = e.ok(&["images"]);
     let header = images.lines().next().unwrap();
     for col in ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"] {
@@ -621,7 +668,7 @@ fn images_tag_save_rmi_load_push_login() {
 
 #[test]
 fn events_df_and_system_prune() {
-    let e = env();
+    let e = env(6);
     let mut cmd = e.cmd(&["events", "--filter", "type=container"]);
     cmd.stdout(Stdio::piped());
     let mut events = spawn_tied(cmd).unwrap();
@@ -665,7 +712,7 @@ fn events_df_and_system_prune() {
 
 #[test]
 fn cp_both_ways_stays_in_the_container() {
-    let e = env();
+    let e = env(7);
     e.ok(&["run", "-d", "--name", "box", &e.image, "sleep", "300"]);
     // the container makes a symlink pointing out of itself
     e.ok(&["exec", "box", "sh", "-c", "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b && ln -s /etc /data/etc-link && ln -s ../../../../../../ /escape"]);
@@ -729,7 +776,7 @@ fn cp_both_ways_stays_in_the_container() {
 #[test]
 #[ignore]
 fn bench_run_rm() {
-    let e = env();
+    let e = env(8);
     let rctr = sibling("rctr");
     let n = 20;
     let time = |f: &dyn Fn(usize)| {
@@ -765,18 +812,243 @@ fn bench_run_rm() {
 
 #[test]
 fn commit_makes_an_image_of_the_changes() {
-    let e = env();
-    e.ok(&["run", "-d", "--name", "src", &e.image, "sh", "-c", "echo made > /made; rm /bin/vi; mkdir /d; sleep 300"]);
+    let e = env(9);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "src",
+        &e.image,
+        "sh",
+        "-c",
+        "echo made > /made; rm /bin/vi; mkdir /d; sleep 300",
+    ]);
     wait_for("the changes", Duration::from_secs(10), || {
-        e.rnerd(&["exec", "src", "test", "-d", "/d"]).status.success()
+        e.rnerd(&["exec", "src", "test", "-d", "/d"])
+            .status
+            .success()
     });
     let id = e.ok(&["commit", "-m", "a note", "src", "committed:v1"]);
     assert!(id.trim().starts_with("sha256:"), "{id}");
     // the change is there, the removal too, and the container's command is the image's
-    let out = e.ok(&["run", "--rm", "committed:v1", "sh", "-c", "cat /made; test -e /bin/vi || echo no-vi"]);
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "committed:v1",
+        "sh",
+        "-c",
+        "cat /made; test -e /bin/vi || echo no-vi",
+    ]);
     assert_eq!(out, "made\nno-vi\n");
     let hist = e.ok(&["image", "history", "committed:v1"]);
-    assert!(hist.contains("rnerd commit src") && hist.contains("a note"), "{hist}");
+    assert!(
+        hist.contains("rnerd commit src") && hist.contains("a note"),
+        "{hist}"
+    );
     e.ok(&["rm", "-f", "src"]);
     e.fails(125, &["commit", "nope", "x:1"]);
+}
+
+/// GET / on `addr`, retried until `timeout`: the body.
+fn http_get(addr: &str, timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match r {
+            Ok(body) if body.contains(" 200 ") => {
+                return body.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()
+            }
+            other => assert!(Instant::now() < deadline, "GET {addr}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn published_port_named_network_and_volumes() {
+    let e = env(10);
+    // -p: busybox httpd reachable from the host
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "18080:80",
+        &e.image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from web > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    assert_eq!(
+        http_get("127.0.0.1:18080", Duration::from_secs(10)),
+        "hello from web\n"
+    );
+    assert_eq!(e.ok(&["port", "web"]), "80/tcp -> 0.0.0.0:18080\n");
+    assert_eq!(e.ok(&["port", "web", "80"]), "0.0.0.0:18080\n");
+    e.fails(125, &["port", "web", "81"]);
+    let ports = e.ok(&["ps", "--format", "{{.Ports}}"]);
+    assert_eq!(ports, "0.0.0.0:18080->80/tcp\n");
+    let ip = e.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    assert!(ip.starts_with(&pool_prefix(e.n)), "{ip}");
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(
+        v[0]["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"],
+        "18080"
+    );
+    assert_eq!(v[0]["HostConfig"]["NetworkMode"], "bridge");
+    e.ok(&["rm", "-f", "web"]);
+    // a named network: containers resolve each other by name
+    let id = e.ok(&["network", "create", "app"]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let ls = e.ok(&["network", "ls"]);
+    assert!(ls.contains("app") && ls.contains("bridge"), "{ls}");
+    let subnet = e.ok(&["network", "inspect", "-f", "{{.Name}}", "app"]);
+    assert_eq!(subnet, "app\n");
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "app",
+        "--network-alias",
+        "database",
+        &e.image,
+        "sleep",
+        "300",
+    ]);
+    e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        &e.image,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "db",
+    ]);
+    e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        &e.image,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        "database",
+    ]);
+    let err = e.fails(125, &["network", "rm", "app"]);
+    assert!(!err.is_empty());
+    let err = e.fails(125, &["run", "--rm", "--network", "nope", &e.image, "true"]);
+    assert!(err.contains("nope"), "{err}");
+    e.ok(&["rm", "-f", "db"]);
+    assert_eq!(e.ok(&["network", "rm", "app"]), "app\n");
+    e.fails(125, &["network", "inspect", "app"]);
+    // host and none
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &e.image,
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(out, "lo\n");
+    // a named volume outlives its containers; a bind mount shows on the host
+    e.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        &e.image,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        e.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data:ro",
+            &e.image,
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    assert_eq!(e.ok(&["volume", "ls", "-q"]), "data\n");
+    let mp = e.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "data"]);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(mp.trim()).join("f")).unwrap(),
+        "kept\n"
+    );
+    e.fails(
+        1,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data:ro",
+            &e.image,
+            "touch",
+            "/data/x",
+        ],
+    );
+    let host = e.dir.path().join("bind");
+    std::fs::create_dir(&host).unwrap();
+    let bind = format!("{}:/b", host.display());
+    e.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        &e.image,
+        "sh",
+        "-c",
+        "echo from-ctr > /b/out",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("out")).unwrap(),
+        "from-ctr\n"
+    );
+    let m = format!("type=bind,source={},target=/m,readonly", host.display());
+    assert_eq!(
+        e.ok(&["run", "--rm", "--mount", &m, &e.image, "cat", "/m/out"]),
+        "from-ctr\n"
+    );
+    e.fails(
+        1,
+        &["run", "--rm", "--mount", &m, &e.image, "touch", "/m/x"],
+    );
+    // in use: not removable; then removed
+    e.ok(&[
+        "create",
+        "--name",
+        "holder",
+        "-v",
+        "data:/data",
+        &e.image,
+        "true",
+    ]);
+    e.fails(125, &["volume", "rm", "data"]);
+    e.ok(&["rm", "holder"]);
+    assert_eq!(e.ok(&["volume", "rm", "data"]), "data\n");
+    e.fails(125, &["volume", "inspect", "data"]);
 }
