@@ -575,6 +575,13 @@ fn terminal_run_and_exec_it() {
     assert_eq!(code, Some(3), "{shown}");
     assert!(shown.contains("in-42"), "{shown}");
     e.ok(&["rm", "-f", "t"]);
+    // -dit keeps the terminal for attach
+    e.ok(&["run", "-dit", "--name", "it", &e.image, "sh"]);
+    let (code, shown) = on_pty(&e, &["attach", "it"], b"echo at-$((6*7))\nexit 4\n");
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(shown.contains("at-42"), "{shown}");
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.State}}"]), "exited\n");
+    e.ok(&["rm", "it"]);
     wait_for("rm", Duration::from_secs(5), || {
         e.ok(&["ps", "-aq"]).is_empty()
     });
