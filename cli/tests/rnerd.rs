@@ -714,6 +714,12 @@ fn events_df_and_system_prune() {
     let out = e.ok(&["system", "prune", "-f"]);
     assert!(out.contains("Deleted Containers:"), "{out}");
     assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]), "up\n");
+    // docker's container group
+    e.ok(&["container", "create", "--name", "c2", &e.image, "true"]);
+    assert_eq!(e.ok(&["container", "ls", "-a", "-q"]).lines().count(), 2);
+    let out = e.ok(&["container", "prune", "-f"]);
+    assert!(out.contains("Deleted Containers:"), "{out}");
+    assert_eq!(e.ok(&["container", "ls", "--format", "{{.Names}}"]), "up\n");
     e.ok(&["rm", "-f", "up"]);
 }
 
