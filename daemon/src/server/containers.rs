@@ -32,6 +32,8 @@ pub struct Runtime {
     /// The shim binary tasks run under.
     pub shim: PathBuf,
     pub started_at: DateTime<Utc>,
+    /// The restart monitor's per-container state (`restart.rs`).
+    pub restarts: super::restart::Restarts,
 }
 
 /// containerd's rule for container ids: they name directories (bundles, cgroups).
@@ -256,6 +258,7 @@ fn container_request(
                     Status::invalid_argument(format!("memory limit {n} is too large"))
                 })?),
             },
+            pids_limit: (o.pids_limit > 0).then_some(o.pids_limit),
             ..Default::default()
         },
         ..Default::default()
@@ -475,8 +478,10 @@ impl pb::containers_server::Containers for ContainersService {
         }
         let image = find_image(&d.md, &ns, &req.image)?;
         let (cfg, top) = image_parts(d, &ns, &image).await?;
-        let labels: Labels = req.labels.clone().into_iter().collect();
-        let creq = container_request(&ns, &req.id, &req.options.unwrap_or_default(), &labels)?;
+        let mut labels: Labels = req.labels.clone().into_iter().collect();
+        let options = req.options.unwrap_or_default();
+        super::restart::option_labels(&options, &mut labels)?;
+        let creq = container_request(&ns, &req.id, &options, &labels)?;
         let snapshotter = d.snapshotter.clone();
         let md = d.md.clone();
         // The scratch dir marks a create in progress: a daemon killed half-way leaves it,
@@ -607,9 +612,10 @@ impl pb::containers_server::Containers for ContainersService {
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "logs of container {:?}: rcd keeps no json-file logs yet",
-            req.get_ref().id
+        let ns = namespace(&req)?;
+        let rx = super::logs::logs(self.0.clone(), ns, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 
@@ -620,6 +626,9 @@ impl pb::containers_server::Containers for ContainersService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let rt = &self.0;
+        // a pending restart either comes first or finds no container (restart.rs)
+        let lock = rt.restarts.lock(&ns, &req.id);
+        let _held = lock.lock().await;
         let c = get_container(&rt.d.md, &ns, &req.id)?;
         if rt.tasks.list(Some(&ns)).iter().any(|t| t.id == c.id) {
             let running = match rt.tasks.state(&ns, &c.id, None).await {
@@ -653,6 +662,8 @@ impl pb::containers_server::Containers for ContainersService {
                 .map_err(metadata_status)
         })
         .await?;
+        rt.restarts.forget(&ns, &req.id);
+        super::logs::remove(rt, &ns, &req.id);
         info!(namespace = %ns, id = %req.id, keep_snapshot = keep, "container deleted");
         rt.events
             .publish(&ns, "/containers/delete", &[("id", req.id.clone())]);
