@@ -409,10 +409,12 @@ async fn restart(rt: &Arc<Runtime>, ns: &str, id: &str, status: Option<u32>) -> 
     let lock = rt.restarts.lock(ns, id);
     let _held = lock.lock().await;
     let r = restart_locked(rt, ns, id, status).await;
-    if r.is_ok() {
+    // Ok(false): nothing to do, no longer pending (a restart made clears it before its
+    // start, and a later exit may have scheduled the next one since)
+    if let Ok(false) = r {
         rt.restarts.done(ns, id);
     }
-    r
+    r.map(|_| ())
 }
 
 async fn restart_locked(
@@ -420,20 +422,20 @@ async fn restart_locked(
     ns: &str,
     id: &str,
     status: Option<u32>,
-) -> Result<(), Status> {
+) -> Result<bool, Status> {
     let Some(c) =
         rt.d.md
             .container(ns, id)
             .map_err(super::service::metadata_status)?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let task = rt.tasks.list(Some(ns)).into_iter().find(|t| t.id == id);
     let mut status = status;
     if let Some(t) = &task {
         if t.exit.is_none() && !t.shim_dead {
             match rt.tasks.state(ns, id, None).await {
-                Ok(st) if st.status != TaskStatus::Stopped => return Ok(()),
+                Ok(st) if st.status != TaskStatus::Stopped => return Ok(false),
                 Ok(st) => status = st.exit.map(|e| e.status).or(status),
                 Err(_) => {}
             }
@@ -442,7 +444,7 @@ async fn restart_locked(
         }
     }
     if !should_restart(&c.labels, status) {
-        return Ok(());
+        return Ok(false);
     }
     if task.is_some() {
         match delete_task(rt, ns, id).await {
@@ -460,7 +462,7 @@ async fn restart_locked(
     let now = rt.d.md.container(ns, id).ok().flatten();
     if !now.is_some_and(|c| should_restart(&c.labels, status)) {
         let _ = delete_task(rt, ns, id).await;
-        return Ok(());
+        return Ok(false);
     }
     rt.restarts.done(ns, id);
     if let Err(e) = rt.tasks.start(ns, id, None).await {
@@ -477,7 +479,7 @@ async fn restart_locked(
     )
     .await?;
     info!(namespace = %ns, id, pid, count, "container restarted");
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

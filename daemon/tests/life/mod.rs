@@ -286,6 +286,25 @@ impl Client {
     }
 }
 
+impl Env {
+    /// Waits until the container's log holds exactly `want`.
+    pub async fn wait_logs(&self, id: &str, want: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = texts(&self.all_logs(id).await);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log of {id}: {got:?}, want {want:?}\nrcd log:\n{}",
+                self.rcd.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Polls `f` until it holds.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
