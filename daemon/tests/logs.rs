@@ -73,6 +73,18 @@ async fn detached_logs_keep_streams_order_tail_since() {
         .await
         .unwrap();
     assert_eq!(texts(&tail), ["out2\n", "last"]);
+    for (tail, tail_all, n) in [(0, false, 0), (0, true, 4), (-1, false, 4), (9, false, 4)] {
+        let got = e
+            .logs(pb::LogsRequest {
+                id: "l1".into(),
+                tail,
+                tail_all,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), n, "tail {tail} tail_all {tail_all}");
+    }
     let since = e
         .logs(pb::LogsRequest {
             id: "l1".into(),

@@ -36,6 +36,10 @@ pub const MAX_LINE: usize = 16 * 1024;
 pub const PID_FILE: &str = "logger.pid";
 /// The log's file name in its directory.
 pub const LOG_FILE: &str = "json.log";
+/// The size at which the log is rotated (docker's `max-size`), and how many files are kept
+/// (`max-file`: `json.log`, `json.log.1`, ...).
+pub const MAX_SIZE: u64 = 64 << 20;
+pub const MAX_FILES: u32 = 2;
 /// How often a follower looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Lines per streamed message.
@@ -43,7 +47,9 @@ const BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
-    #[error("invalid json-logger spec {0:?}: expected <control dir>,<log path>")]
+    #[error(
+        "invalid json-logger spec {0:?}: expected <control dir>,<log path>,<max bytes>,<files>"
+    )]
     InvalidSpec(String),
     #[error("{what} {path}: {source}")]
     Io {
@@ -86,17 +92,88 @@ pub fn binary_uri(rcd: &Path, control: &Path, log: &Path) -> String {
     format!(
         "binary://{}?json-logger={}",
         esc(&rcd.display().to_string()),
-        esc(&format!("{},{}", control.display(), log.display()))
+        esc(&format!(
+            "{},{},{MAX_SIZE},{MAX_FILES}",
+            control.display(),
+            log.display()
+        ))
     )
 }
 
-fn parse_spec(spec: &str) -> Result<(PathBuf, PathBuf), LoggerError> {
+/// `<control dir>,<log path>,<max bytes>,<files>` (paths hold no ',': rcd's root and state
+/// are checked when the URI is made).
+fn parse_spec(spec: &str) -> Result<(PathBuf, PathBuf, u64, u32), LoggerError> {
     let bad = || LoggerError::InvalidSpec(spec.to_owned());
-    let (dir, path) = spec.split_once(',').ok_or_else(bad)?;
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [dir, path, max, files] = parts[..] else {
+        return Err(bad());
+    };
     if !dir.starts_with('/') || !path.starts_with('/') {
         return Err(bad());
     }
-    Ok((dir.into(), path.into()))
+    let max: u64 = max.parse().map_err(|_| bad())?;
+    let files: u32 = files.parse().map_err(|_| bad())?;
+    if files < 2 {
+        return Err(bad());
+    }
+    Ok((dir.into(), path.into(), max, files))
+}
+
+/// `json.log.N`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
+/// The log file being written, rotated once it would pass `max` bytes (0: never).
+pub struct Sink {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    max: u64,
+    files: u32,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+impl Sink {
+    pub fn open(path: &Path, max: u64, files: u32) -> std::io::Result<Sink> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(Sink {
+            file,
+            path: path.to_owned(),
+            size,
+            max,
+            files,
+        })
+    }
+
+    pub fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.max > 0 && self.size > 0 && self.size + buf.len() as u64 > self.max {
+            self.rotate()?;
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        for n in (1..self.files - 1).rev() {
+            let _ = std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1));
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
 }
 
 /// The stdio of a task of `c` created with `io`: the json logger when the container keeps a
@@ -119,6 +196,16 @@ pub(crate) fn task_io(
     for dir in [log.parent().unwrap_or(&s.root), control.as_path()] {
         std::fs::create_dir_all(dir)
             .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
+    }
+    if [&log, &control]
+        .iter()
+        .any(|p| p.to_string_lossy().contains(','))
+    {
+        return Err(Status::failed_precondition(format!(
+            "container {:?}: its log {} cannot be kept: rcd's root and state paths must hold no ','",
+            c.id,
+            log.display()
+        )));
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/rcd"));
     let uri = binary_uri(&exe, &control, &log);
@@ -241,7 +328,7 @@ fn take_fd(fd: i32) -> Result<File, LoggerError> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<File>>) {
+fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<Sink>>) {
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE + 4096);
     let mut chunk = vec![0u8; 32 * 1024];
     loop {
@@ -260,7 +347,9 @@ fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<File>>) {
                 text.extend(format_entry(stream, p, now));
             }
             // one write per batch on an O_APPEND file: lines of both streams never interleave
-            let _ = out.lock().unwrap().write_all(&text);
+            if let Err(e) = out.lock().unwrap().write(&text) {
+                eprintln!("rcd json-logger: writing the log: {e}");
+            }
         }
         buf.drain(..used);
         if eof {
@@ -272,19 +361,14 @@ fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<File>>) {
 /// `rcd json-logger <control dir>,<log path>`: the logger's main (see the module docs).
 /// Returns once both streams are closed.
 pub fn run_logger(spec: &str) -> Result<(), LoggerError> {
-    let (dir, path) = parse_spec(spec)?;
+    let (dir, path, max, files) = parse_spec(spec)?;
     let stdout = take_fd(3)?;
     let stderr = take_fd(4)?;
     let ready = take_fd(5)?;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io_err("creating", d))?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(&path)
-        .map_err(io_err("opening log", &path))?;
+    let file = Sink::open(&path, max, files).map_err(io_err("opening log", &path))?;
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let pid_file = dir.join(PID_FILE);
     let me = std::process::id().to_string();
@@ -373,19 +457,66 @@ fn entries(data: &[u8], f: &Filter) -> (Vec<Entry>, usize) {
     (out, end)
 }
 
-/// Reads the log from `offset`: the kept entries and the offset after the last whole line.
-fn read_from(path: &Path, offset: u64, f: &Filter) -> std::io::Result<(Vec<Entry>, u64)> {
+/// Where a reader is in the log: the file (by inode) and the offset after its last whole
+/// line.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    ino: u64,
+    offset: u64,
+}
+
+/// Every kept entry of the rotated files (oldest first) and of the current one; the cursor
+/// at the current one's end.
+fn read_all(path: &Path, f: &Filter) -> std::io::Result<(Vec<Entry>, Cursor)> {
+    let mut out = Vec::new();
+    let mut n = 1;
+    while n < 1000 && rotated(path, n).exists() {
+        n += 1;
+    }
+    for k in (1..n).rev() {
+        if let Ok(mut file) = File::open(rotated(path, k)) {
+            out.extend(read_from_file(&mut file, 0, f)?.0);
+        }
+    }
+    let (es, cur) = read_new(path, Cursor::default(), f)?;
+    out.extend(es);
+    Ok((out, cur))
+}
+
+/// What was written since `cur`: the rest of a file rotated meanwhile (now `json.log.1`),
+/// then the current one.
+fn read_new(path: &Path, cur: Cursor, f: &Filter) -> std::io::Result<(Vec<Entry>, Cursor)> {
+    use std::os::unix::fs::MetadataExt;
     let mut file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), cur)),
         Err(e) => return Err(e),
     };
-    let len = file.metadata()?.len();
-    if len < offset {
-        // truncated or replaced: start over
-        return read_from_file(&mut file, 0, f);
+    let meta = file.metadata()?;
+    let mut out = Vec::new();
+    let mut offset = cur.offset;
+    if meta.ino() != cur.ino {
+        if cur.ino != 0 {
+            if let Ok(mut old) = File::open(rotated(path, 1)) {
+                if old.metadata()?.ino() == cur.ino {
+                    out.extend(read_from_file(&mut old, cur.offset, f)?.0);
+                }
+            }
+        }
+        offset = 0;
+    } else if meta.len() < offset {
+        // truncated: start over
+        offset = 0;
     }
-    read_from_file(&mut file, offset, f)
+    let (es, next) = read_from_file(&mut file, offset, f)?;
+    out.extend(es);
+    Ok((
+        out,
+        Cursor {
+            ino: meta.ino(),
+            offset: next,
+        },
+    ))
 }
 
 fn read_from_file(file: &mut File, offset: u64, f: &Filter) -> std::io::Result<(Vec<Entry>, u64)> {
@@ -435,7 +566,9 @@ pub(crate) async fn logs(
     let filter = Filter {
         since: parse_time("since", &req.since).map_err(Status::invalid_argument)?,
         until: parse_time("until", &req.until).map_err(Status::invalid_argument)?,
-        tail: if req.tail_all || req.tail <= 0 {
+        // proto3 cannot tell 0 from unset: tail_all (or a negative tail) asks for every
+        // line, a bare 0 for none (docker's --tail 0, to follow only what comes)
+        tail: if req.tail_all || req.tail < 0 {
             None
         } else {
             Some(req.tail as usize)
@@ -443,10 +576,10 @@ pub(crate) async fn logs(
     };
     let path = log_path(&rt.d.settings.root, &ns, &c.id);
     let control = control_dir(&rt.d.settings.state, &ns, &c.id);
-    let (mut first, offset) = {
+    let (mut first, cursor) = {
         let (path, f) = (path.clone(), filter.clone());
         blocking(move || {
-            read_from(&path, 0, &f)
+            read_all(&path, &f)
                 .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))
         })
         .await?
@@ -473,15 +606,15 @@ pub(crate) async fn logs(
         if !send(first).await || !req.follow {
             return;
         }
-        let mut offset = offset;
+        let mut cursor = cursor;
         loop {
             // done is checked before reading, so the lines written up to the end are sent
             let done = follow_done(&rt, &ns, &id, &control).await;
             let (path_, f) = (path.clone(), filter.clone());
-            let read = tokio::task::spawn_blocking(move || read_from(&path_, offset, &f)).await;
+            let read = tokio::task::spawn_blocking(move || read_new(&path_, cursor, &f)).await;
             match read {
                 Ok(Ok((es, next))) => {
-                    offset = next;
+                    cursor = next;
                     if !send(es).await {
                         return;
                     }
@@ -571,14 +704,56 @@ mod tests {
         );
         assert_eq!(
             u,
-            "binary:///usr/bin/rcd?json-logger=/run/rcd/logs/default/c%201%2C/var/lib/rcd/logs/default/c%201/json.log"
+            format!("binary:///usr/bin/rcd?json-logger=/run/rcd/logs/default/c%201%2C/var/lib/rcd/logs/default/c%201/json.log%2C{MAX_SIZE}%2C{MAX_FILES}")
         );
-        let (d, p) = parse_spec("/a,/b/c").unwrap();
+        let (d, p, m, n) = parse_spec("/a,/b/c,100,3").unwrap();
         assert_eq!(
-            (d.as_path(), p.as_path()),
-            (Path::new("/a"), Path::new("/b/c"))
+            (d.as_path(), p.as_path(), m, n),
+            (Path::new("/a"), Path::new("/b/c"), 100, 3)
         );
-        assert!(parse_spec("rel,/b").is_err());
-        assert!(parse_spec("/a").is_err());
+        for bad in [
+            "rel,/b,1,2",
+            "/a",
+            "/a,/b",
+            "/a,/b,x,2",
+            "/a,/b,1,1",
+            "/a,/b,1,2,3",
+        ] {
+            assert!(parse_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_files_and_readers_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let t = Utc::now();
+        let line = |i: usize| format_entry("stdout", format!("l{i}\n").as_bytes(), t);
+        let len = line(10).len() as u64;
+        // three lines per file, three files
+        let mut sink = Sink::open(&path, 3 * len, 3).unwrap();
+        let f = Filter::default();
+        for i in 10..14 {
+            sink.write(&line(i)).unwrap();
+        }
+        let (es, cur) = read_all(&path, &f).unwrap();
+        assert_eq!(es.len(), 4);
+        // a follower at the end sees the rest of the rotated file, then the new one
+        for i in 14..17 {
+            sink.write(&line(i)).unwrap();
+        }
+        assert!(rotated(&path, 1).exists());
+        let (es, _) = read_new(&path, cur, &f).unwrap();
+        let got: Vec<_> = es.iter().map(|e| e.log.as_str()).collect();
+        assert_eq!(got, ["l14\n", "l15\n", "l16\n"]);
+        for i in 17..40 {
+            sink.write(&line(i)).unwrap();
+        }
+        assert!(rotated(&path, 2).exists());
+        assert!(!rotated(&path, 3).exists());
+        let (es, _) = read_all(&path, &f).unwrap();
+        let got: Vec<_> = es.iter().map(|e| e.log.clone()).collect();
+        let want: Vec<_> = (31..40).map(|i| format!("l{i}\n")).collect();
+        assert_eq!(got, want);
     }
 }
