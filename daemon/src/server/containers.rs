@@ -481,6 +481,7 @@ impl pb::containers_server::Containers for ContainersService {
         let mut labels: Labels = req.labels.clone().into_iter().collect();
         let options = req.options.unwrap_or_default();
         super::restart::option_labels(&options, &mut labels)?;
+        super::restart::image_stop_signal(&cfg, &mut labels);
         let creq = container_request(&ns, &req.id, &options, &labels)?;
         let snapshotter = d.snapshotter.clone();
         let md = d.md.clone();
@@ -629,7 +630,9 @@ impl pb::containers_server::Containers for ContainersService {
         // a pending restart either comes first or finds no container (restart.rs)
         let lock = rt.restarts.lock(&ns, &req.id);
         let _held = lock.lock().await;
-        let c = get_container(&rt.d.md, &ns, &req.id)?;
+        let c = get_container(&rt.d.md, &ns, &req.id).inspect_err(|_| {
+            rt.restarts.forget(&ns, &req.id);
+        })?;
         if rt.tasks.list(Some(&ns)).iter().any(|t| t.id == c.id) {
             let running = match rt.tasks.state(&ns, &c.id, None).await {
                 Ok(s) => !matches!(s.status, crate::task::TaskStatus::Stopped),

@@ -121,6 +121,21 @@ pub(crate) fn option_labels(
     Ok(())
 }
 
+/// Without a stop signal of its own, a container records its image's (docker's rule), when
+/// valid.
+pub(crate) fn image_stop_signal(
+    cfg: &oci_spec::image::ImageConfiguration,
+    l: &mut crate::metadata::Labels,
+) {
+    if l.contains_key(labels::STOP_SIGNAL) {
+        return;
+    }
+    let sig = cfg.config().as_ref().and_then(|c| c.stop_signal().clone());
+    if let Some(Ok(name)) = sig.map(|s| parse_signal(&s)) {
+        l.insert(labels::STOP_SIGNAL.into(), name);
+    }
+}
+
 /// `SIGTERM`, `TERM`, `term`, `15` → the signal's name (`SIGRTMIN+N` stays as given).
 pub fn parse_signal(s: &str) -> Result<String, Status> {
     let bad = || {
@@ -538,6 +553,28 @@ mod tests {
         ));
         assert!(!should_restart(&l(&[]), Some(1)));
         assert!(!should_restart(&l(&[(r, "no")]), Some(1)));
+    }
+
+    #[test]
+    fn image_signal_unless_given() {
+        let cfg = |sig: &str| {
+            let c = oci_spec::image::ConfigBuilder::default()
+                .stop_signal(sig)
+                .build()
+                .unwrap();
+            oci_spec::image::ImageConfigurationBuilder::default()
+                .config(c)
+                .build()
+                .unwrap()
+        };
+        let mut l = crate::metadata::Labels::new();
+        image_stop_signal(&cfg("SIGQUIT"), &mut l);
+        assert_eq!(l.get(labels::STOP_SIGNAL).unwrap(), "SIGQUIT");
+        image_stop_signal(&cfg("SIGINT"), &mut l);
+        assert_eq!(l.get(labels::STOP_SIGNAL).unwrap(), "SIGQUIT");
+        let mut l = crate::metadata::Labels::new();
+        image_stop_signal(&cfg("bogus"), &mut l);
+        assert!(l.is_empty());
     }
 
     #[test]
