@@ -54,7 +54,7 @@ enum Sub {
     /// What a shim runs as a container's `binary://` logger: docker's json-file lines
     #[command(hide = true)]
     JsonLogger {
-        /// `<control dir>,<log path>`
+        /// `<control dir>,<log path>,<max bytes>,<files>`
         spec: String,
     },
 }

@@ -4,14 +4,16 @@
 //!
 //! ```text
 //! <root>/logs/<ns>/<id>/json.log    one JSON object per line, appended across restarts
+//! <root>/logs/<ns>/<id>/json.log.1  the rotated one before it
 //! <state>/logs/<ns>/<id>/logger.pid  the running logger's pid (gone once it has finished)
 //! ```
 //!
-//! The shim runs `rcd json-logger <control dir>,<log path>` through containerd's `binary://`
-//! protocol (stdout on fd 3, stderr on fd 4, a ready pipe on fd 5), so lines keep being
-//! written while rcd is down. Each line becomes
+//! The shim runs `rcd json-logger <control dir>,<log path>,<max bytes>,<files>` through
+//! containerd's `binary://` protocol (stdout on fd 3, stderr on fd 4, a ready pipe on fd 5),
+//! so lines keep being written while rcd is down. Each line becomes
 //! `{"log":"text\n","stream":"stdout","time":"2026-…Z"}`; a line longer than [`MAX_LINE`]
-//! is cut into pieces without the newline, as docker does.
+//! is cut into pieces without the newline, as docker does. The file is rotated at
+//! [`MAX_SIZE`] (`json.log.1`, … [`MAX_FILES`] files in all).
 
 use super::containers::{get_container, Runtime};
 use super::service::blocking;
@@ -358,7 +360,8 @@ fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<Sink>>) {
     }
 }
 
-/// `rcd json-logger <control dir>,<log path>`: the logger's main (see the module docs).
+/// `rcd json-logger <control dir>,<log path>,<max bytes>,<files>`: the logger's main (see
+/// the module docs).
 /// Returns once both streams are closed.
 pub fn run_logger(spec: &str) -> Result<(), LoggerError> {
     let (dir, path, max, files) = parse_spec(spec)?;
