@@ -1065,3 +1065,162 @@ fn published_port_named_network_and_volumes() {
     assert_eq!(e.ok(&["volume", "rm", "data"]), "data\n");
     e.fails(125, &["volume", "inspect", "data"]);
 }
+
+#[test]
+fn logs_tail_timestamps_and_follow() {
+    let e = env(11);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "l",
+        &e.image,
+        "sh",
+        "-c",
+        "echo one; echo two >&2; sleep 0.5; echo three; sleep 300",
+    ]);
+    wait_for("the log", Duration::from_secs(10), || {
+        e.ok(&["logs", "l"]).contains("three")
+    });
+    let out = e.rnerd(&["logs", "l"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\nthree\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "two\n");
+    assert_eq!(e.ok(&["logs", "--tail", "1", "l"]), "three\n");
+    let t = e.ok(&["logs", "-t", "--tail", "1", "l"]);
+    let (time, line) = t.split_once(' ').unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok() && line == "three\n",
+        "{t}"
+    );
+    assert_eq!(
+        e.ok(&["logs", "--since", "1h", "--tail", "1", "l"]),
+        "three\n"
+    );
+    e.fails(125, &["logs", "--tail", "x", "l"]);
+    e.fails(125, &["logs", "--since", "yesterday", "l"]);
+    e.ok(&["rm", "-f", "l"]);
+    // -f follows new lines and ends when the container does
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "f",
+        &e.image,
+        "sh",
+        "-c",
+        "echo first; sleep 2; echo second",
+    ]);
+    let t = Instant::now();
+    let out = e.ok(&["logs", "-f", "f"]);
+    assert_eq!(out, "first\nsecond\n");
+    assert!(
+        t.elapsed() > Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // attach to a detached container: its output as it comes, its exit code
+    e.ok(&["rm", "f"]);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        &e.image,
+        "sh",
+        "-c",
+        "sleep 1; echo attached; exit 6",
+    ]);
+    let out = e.rnerd(&["attach", "a"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "attached\n");
+    e.ok(&["rm", "-f", "a"]);
+}
+
+fn restart_count(e: &Env, name: &str) -> u64 {
+    e.ok(&["inspect", "-f", "{{.RestartCount}}", name])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn restart_policies() {
+    let e = env(12);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "al",
+        "--restart",
+        "always",
+        &e.image,
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+    ]);
+    wait_for("two restarts", Duration::from_secs(20), || {
+        restart_count(&e, "al") >= 2
+    });
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "al"])).unwrap();
+    assert_eq!(v[0]["HostConfig"]["RestartPolicy"]["Name"], "always");
+    // a stop keeps it down
+    e.ok(&["stop", "-t", "1", "al"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "name=al"]), "");
+    assert!(e
+        .ok(&["ps", "-a", "--format", "{{.Status}}"])
+        .starts_with("Exited"));
+    e.ok(&["rm", "al"]);
+    // on-failure:2 gives up after two restarts
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "of",
+        "--restart",
+        "on-failure:2",
+        &e.image,
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    wait_for("two restarts", Duration::from_secs(20), || {
+        restart_count(&e, "of") == 2
+    });
+    wait_for("the end", Duration::from_secs(10), || {
+        e.ok(&["inspect", "-f", "{{.State.Status}}", "of"]) == "exited\n"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(restart_count(&e, "of"), 2);
+    e.ok(&["rm", "of"]);
+    // a clean exit is not a failure
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ok",
+        "--restart",
+        "on-failure",
+        &e.image,
+        "true",
+    ]);
+    e.ok(&["wait", "ok"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(restart_count(&e, "ok"), 0);
+    e.ok(&["rm", "ok"]);
+    // rm -f of an always container in its restart loop
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loop",
+        "--restart",
+        "always",
+        &e.image,
+        "true",
+    ]);
+    wait_for("a restart", Duration::from_secs(20), || {
+        restart_count(&e, "loop") >= 1
+    });
+    e.ok(&["rm", "-f", "loop"]);
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+}
