@@ -72,6 +72,57 @@ fn purge_host(n: u8) {
     }
 }
 
+/// rcd with its state under `dir`, up once its socket answers.
+fn spawn_rcd(config: &Path, dir: &Path, log: &Path) -> Child {
+    let state = dir.join("state");
+    let address = state.join("rcd.sock");
+    let mut cmd = Command::new(sibling("rcd"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--address")
+        .arg(&address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    let mut child = spawn_tied(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&address).is_err() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "rcd exited {st}:\n{}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "rcd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM, then SIGKILL after 5 s; reaped.
+fn stop_rcd(mut child: Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn env(n: u8) -> Env {
     purge_host(n);
     let reg = Registry::start().unwrap();
@@ -97,30 +148,7 @@ fn env(n: u8) -> Env {
     let state = dir.path().join("state");
     let address = state.join("rcd.sock");
     let log = dir.path().join("rcd.log");
-    let mut cmd = Command::new(sibling("rcd"));
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(&state)
-        .arg("--address")
-        .arg(&address)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = spawn_tied(cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&address).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "rcd exited {st}:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(Instant::now() < deadline, "rcd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_rcd(&config, dir.path(), &log);
     let e = Env {
         n,
         rcd: Some(child),
@@ -136,6 +164,13 @@ fn env(n: u8) -> Env {
 }
 
 impl Env {
+    /// Stops rcd (its tasks keep running under their shims) and starts it again.
+    fn restart_rcd(&mut self) {
+        stop_rcd(self.rcd.take().expect("rcd running"));
+        let config = self.dir.path().join("config.toml");
+        self.rcd = Some(spawn_rcd(&config, self.dir.path(), &self.log));
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(RNERD);
         cmd.arg("--address")
@@ -199,23 +234,14 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(mut child) = self.rcd.take() {
+        if let Some(child) = self.rcd.take() {
             // whatever a failed test left: removed with its tasks
             if let Ok(out) = self.cmd(&["ps", "-aq", "--no-trunc"]).output() {
                 for id in String::from_utf8_lossy(&out.stdout).lines() {
                     let _ = self.cmd(&["rm", "-f", id]).output();
                 }
             }
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            stop_rcd(child);
             purge_host(self.n);
         }
     }
@@ -1223,4 +1249,60 @@ fn restart_policies() {
     });
     e.ok(&["rm", "-f", "loop"]);
     assert_eq!(e.ok(&["ps", "-aq"]), "");
+}
+
+fn pid(e: &Env, name: &str) -> u32 {
+    e.ok(&["inspect", "-f", "{{.State.Pid}}", name])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn restart_policy_survives_an_rcd_restart() {
+    let mut e = env(13);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "keep",
+        "--restart",
+        "always",
+        &e.image,
+        "sleep",
+        "300",
+    ]);
+    e.ok(&["run", "-d", "--name", "plain", &e.image, "sleep", "300"]);
+    e.restart_rcd();
+    // both still run (their shims outlived rcd)
+    let names = e.ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(names.contains("keep") && names.contains("plain"), "{names}");
+    // killed while rcd is down: only the one with a policy comes back when rcd does
+    let (kp, pp) = (pid(&e, "keep"), pid(&e, "plain"));
+    stop_rcd(e.rcd.take().unwrap());
+    unsafe {
+        libc::kill(kp as i32, libc::SIGKILL);
+        libc::kill(pp as i32, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    e.rcd = Some(spawn_rcd(
+        &e.dir.path().join("config.toml"),
+        e.dir.path(),
+        &e.log,
+    ));
+    wait_for("keep to come back", Duration::from_secs(20), || {
+        e.ok(&["ps", "--format", "{{.Names}}"]) == "keep\n"
+    });
+    assert_ne!(pid(&e, "keep"), kp);
+    assert!(e
+        .ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=plain",
+            "--format",
+            "{{.Status}}"
+        ])
+        .starts_with("Exited (137)"));
+    e.ok(&["rm", "-f", "keep", "plain"]);
 }
