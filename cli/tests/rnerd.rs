@@ -509,6 +509,17 @@ fn bad_flags_and_unknown_names_exit_125() {
         ],
     );
     assert!(err.contains("not found") && err.contains("pull"), "{err}");
+    let missing = format!("{}/library/nope:1", e.registry);
+    let err = e.fails(125, &["run", "--rm", &missing, "true"]);
+    assert!(
+        err.contains("nope") && err.contains("check the name"),
+        "{err}"
+    );
+    let err = e.fails(125, &["pull", &missing]);
+    assert!(
+        err.contains("nope") && err.contains("check the name"),
+        "{err}"
+    );
     let err = e.fails(125, &["ps", "--filter", "colour=red"]);
     assert!(err.contains("invalid filter"), "{err}");
     let err = e.fails(125, &["rmi", "nope"]);
