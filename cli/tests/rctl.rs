@@ -673,9 +673,7 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
     env.ok(&["rm", "-f", "-a"]);
     env.ok(&["rmp", "-f", "-a"]);
     assert_eq!(env.ok(&["pods", "-q"]).trim(), "");
-
 }
-
 
 #[test]
 fn rctl_bad_inputs_without_a_runtime() {

@@ -1134,6 +1134,10 @@ fn logs_tail_timestamps_and_follow() {
         "three\n"
     );
     e.fails(125, &["logs", "--tail", "x", "l"]);
+    // a run attached to rnerd wrote to rnerd, not to the log
+    e.ok(&["run", "--name", "fg", &e.image, "echo", "attached"]);
+    assert_eq!(e.ok(&["logs", "fg"]), "");
+    e.ok(&["rm", "fg"]);
     e.fails(125, &["logs", "--since", "yesterday", "l"]);
     e.ok(&["rm", "-f", "l"]);
     // -f follows new lines and ends when the container does
