@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: install what is needed, build every binary, start
-# a registry on loopback holding a busybox image, start rcd, pull the image with rctr and run
-# containers from it (through rshim and runr); then runr on its own.
+# a registry on loopback holding a busybox image, start rcd, and run containers from that image
+# with rnerd (docker's command line: a published port reached from the host, logs, exec), then
+# with rctr (the raw API), then runr on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -12,13 +13,16 @@ fi
 BIN="$(realpath "${DEMO_BIN:-target/release}")"
 RUNR="$BIN/runr"
 RCTR="$BIN/rctr"
+RNERD="$BIN/rnerd"
 
 work=$(mktemp -d /tmp/rcd-demo.XXXXXX)
 sock="$work/rcd.sock"
 rctr() { "$RCTR" --address "$sock" "$@"; }
+rnerd() { "$RNERD" --address "$sock" "$@"; }
 cleanup() {
   set +e
   if [ -n "${rcd_pid:-}" ]; then
+    for c in $(rnerd ps -aq 2>/dev/null); do rnerd rm -f "$c" >/dev/null 2>&1; done
     for c in $(rctr containers ls -q 2>/dev/null); do
       rctr tasks kill -s KILL "$c" >/dev/null 2>&1
       rctr tasks rm -f "$c" >/dev/null 2>&1
@@ -30,6 +34,8 @@ cleanup() {
   [ -n "${reg_pid:-}" ] && kill "$reg_pid" 2>/dev/null
   "$RUNR" --root "$work/runr" delete --force "demo-$$" >/dev/null 2>&1
   grep -o " $work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  # the network's bridge outlives its containers (as docker's does)
+  for l in $(ip -o link show | awk -F': ' '{print $2}' | grep '^rdemo-'); do ip link del "$l"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -66,6 +72,10 @@ state = "$work/state"
 address = "$sock"
 log_level = "warn"
 
+[networks]
+pool = "10.86.0.0/16"
+bridge_prefix = "rdemo-"
+
 [registries."docker.io"]
 [[registries."docker.io".mirrors]]
 url = "http://127.0.0.1:$port"
@@ -75,8 +85,31 @@ rcd_pid=$!
 for _ in $(seq 100); do rctr version >/dev/null 2>&1 && break; sleep 0.1; done
 rctr version
 
-echo "== rctr images pull busybox (docker.io/library/busybox:latest, served by the mirror)"
-rctr images pull busybox
+echo "== rnerd pull busybox (docker.io/library/busybox:latest, served by the mirror)"
+rnerd pull busybox
+rnerd images
+
+echo "== rnerd run --rm: output, then the container's exit code"
+set +e
+rnerd run --rm busybox sh -c 'echo hello from $(hostname), pid $$, in a container run by rcd; exit 7'
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" = 7 ] || { echo "expected exit code 7" >&2; exit 1; }
+
+hp=$((20000 + RANDOM % 20000))
+echo "== rnerd run -d -p $hp:80 --name web: busybox httpd on the bridge network, reached from the host"
+rnerd run -d -p "$hp:80" --name web busybox \
+  sh -c 'mkdir -p /www && echo "hello from web over $(hostname -i)" > /www/index.html && echo serving && exec httpd -f -p 80 -h /www'
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$hp/index.html" >/dev/null && break; sleep 0.1; done
+echo "curl http://127.0.0.1:$hp/: $(curl -fsS "http://127.0.0.1:$hp/index.html")"
+rnerd ps
+rnerd port web
+rnerd exec web sh -c 'echo "exec in web sees: $(ps -o comm | tail -n +2 | tr "\n" " ")"'
+rnerd logs web
+rnerd rm -f web
+
+echo "== rctr (the raw API): images ls, then containers and tasks one by one"
 rctr images ls
 
 echo "== rctr run --rm: output, then the container's exit code"

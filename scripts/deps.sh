@@ -13,7 +13,7 @@ PACKAGES=(
   # gorilla/websocket (client-go's), built offline in GOPATH mode with Debian's Go
   golang-go golang-github-docker-spdystream-dev golang-github-gorilla-websocket-dev
   # tools the tests and scripts call
-  iptables iproute2 jq procps util-linux hyperfine
+  iptables iproute2 jq procps util-linux hyperfine curl
 )
 
 missing=()

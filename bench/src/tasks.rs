@@ -104,8 +104,16 @@ impl Rcd {
         let image = registry.image_ref("library/busybox", "latest");
         let dir = tempfile::Builder::new().prefix("rbench-rcd-").tempdir()?;
         let log = std::fs::File::create(dir.path().join("rcd.log"))?;
+        // rnerd's bridges under rbench's own prefix and pool, removed on drop
+        let config = dir.path().join("rcd.toml");
+        std::fs::write(
+            &config,
+            format!("[networks]\npool = \"{BENCH_POOL}\"\nbridge_prefix = \"{BENCH_BRIDGE_PREFIX}\"\n"),
+        )?;
         let mut cmd = Command::new(bin.join("rcd"));
-        cmd.arg("--root")
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--state")
             .arg(dir.path().join("state"))
@@ -175,10 +183,23 @@ impl Rcd {
     }
 }
 
+const BENCH_POOL: &str = "10.78.0.0/16";
+const BENCH_BRIDGE_PREFIX: &str = "rbench-";
+
 impl Drop for Rcd {
     fn drop(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        // the networks' bridges outlive their containers (as docker's do)
+        if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split(':').nth(1).unwrap_or("").trim();
+                let name = name.split('@').next().unwrap_or(name);
+                if name.starts_with(BENCH_BRIDGE_PREFIX) {
+                    let _ = Command::new("ip").args(["link", "del", name]).status();
+                }
+            }
+        }
     }
 }
 
