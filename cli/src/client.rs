@@ -177,6 +177,23 @@ impl Client {
     }
 }
 
+/// Networks and volumes (rnerd's `network` and `volume` commands, compose).
+impl Client {
+    pub fn networks(&self) -> rcd_proto::v1::networks_client::NetworksClient<Svc> {
+        rcd_proto::v1::networks_client::NetworksClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn volumes(&self) -> rcd_proto::v1::volumes_client::VolumesClient<Svc> {
+        rcd_proto::v1::volumes_client::VolumesClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+}
+
 /// The message to print for a failed call: the daemon's message, or for transport failures
 /// (the daemon went away mid-call) a short description.
 pub fn status_message(address: &Path, s: &tonic::Status) -> String {

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod cmd;
+pub mod compose;
 pub mod format;
