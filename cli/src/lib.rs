@@ -5,3 +5,4 @@ pub mod client;
 pub mod cmd;
 pub mod compose;
 pub mod format;
+pub mod rnerd;
