@@ -16,6 +16,8 @@ use tonic::Code;
 pub struct Exec {
     client: Client,
     project: Project,
+    /// Images whose registry is one of `--insecure-registry`'s.
+    plain_http: Vec<String>,
 }
 
 fn progress(kind: &str, name: &str, state: &str) {
@@ -29,8 +31,12 @@ fn random_id() -> String {
 }
 
 impl Exec {
-    pub fn new(client: Client, project: Project) -> Exec {
-        Exec { client, project }
+    pub fn new(client: Client, project: Project, plain_http: Vec<String>) -> Exec {
+        Exec {
+            client,
+            project,
+            plain_http,
+        }
     }
 
     fn fail(&self, what: &str, s: &tonic::Status) -> anyhow::Error {
@@ -304,6 +310,7 @@ impl Exec {
             .images()
             .pull(pb::PullRequest {
                 reference: image.into(),
+                plain_http: self.plain_http.iter().any(|i| i == image),
                 ..Default::default()
             })
             .await

@@ -22,8 +22,7 @@ pub const DEFAULT_FILES: &[&str] = &[
     "docker-compose.yaml",
 ];
 
-/// docker's exit code for errors of the CLI itself.
-const EXIT_ERROR: i32 = 125;
+use crate::rnerd::{Ctx, Exit, EXIT_ERROR};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -118,7 +117,7 @@ pub struct LogsArgs {
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Only the last N lines of each container ("all" for everything)
-    #[arg(short = 'n', long, default_value = "all")]
+    #[arg(long, default_value = "all")]
     pub tail: String,
     /// Show timestamps
     #[arg(short = 't', long)]
@@ -158,19 +157,9 @@ pub struct ConfigArgs {
     pub volumes: bool,
 }
 
-/// Runs `rnerd compose ...` against rcd at `address` in `namespace`; the exit code (125 with
-/// the message on stderr for any error).
-pub async fn main(address: &Path, namespace: &str, args: ComposeArgs) -> i32 {
-    match run(address, namespace, args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("rnerd: {e:#}");
-            EXIT_ERROR
-        }
-    }
-}
-
-async fn run(address: &Path, namespace: &str, args: ComposeArgs) -> anyhow::Result<i32> {
+/// Runs `rnerd compose ...` with rnerd's connection and global flags. Errors are rnerd's
+/// (printed by it, exit code 125); a non-zero exit without an error is [`Exit`].
+pub async fn main(ctx: &Ctx, args: ComposeArgs) -> anyhow::Result<()> {
     let (project, warnings) = load_project(&args.files, args.project_name.clone())?;
     for w in &warnings {
         eprintln!("rnerd: warning: {w}");
@@ -187,13 +176,16 @@ async fn run(address: &Path, namespace: &str, args: ComposeArgs) -> anyhow::Resu
         } else if !c.quiet {
             print!("{}", serde_norway::to_string(&project)?);
         }
-        return Ok(0);
+        return Ok(());
     }
-    let client =
-        crate::client::Client::connect(address, namespace, std::time::Duration::from_secs(10))
-            .await?;
-    let ex = exec::Exec::new(client, project);
-    match args.command {
+    let plain_http = project
+        .services
+        .values()
+        .filter(|s| ctx.plain_http(&s.image))
+        .map(|s| s.image.clone())
+        .collect();
+    let ex = exec::Exec::new(ctx.client.clone(), project, plain_http);
+    let code = match args.command {
         Command::Up(a) => ex.up(&a).await,
         Command::Down(a) => ex.down(&a).await,
         Command::Ps(a) => ex.ps(&a).await,
@@ -201,7 +193,12 @@ async fn run(address: &Path, namespace: &str, args: ComposeArgs) -> anyhow::Resu
         Command::Restart(a) => ex.restart(&a).await,
         Command::Stop(a) => ex.stop(&a).await,
         Command::Start(a) => ex.start(&a.services).await,
-        Command::Config(_) => unreachable!(),
+        Command::Config(_) => unreachable!("handled above"),
+    }?;
+    match u8::try_from(code) {
+        Ok(0) => Ok(()),
+        Ok(c) => Err(Exit(c).into()),
+        Err(_) => Err(Exit(EXIT_ERROR).into()),
     }
 }
 

@@ -998,10 +998,12 @@ fn depends_on(v: &Value) -> Result<BTreeMap<String, Dependency>> {
                 }
                 match d.condition.as_str() {
                     "service_started" => {}
-                    "service_healthy" | "service_completed_successfully" => return Err(format!(
+                    "service_healthy" | "service_completed_successfully" => {
+                        return Err(format!(
                         "depends_on.{name}: condition {:?} is not supported (only service_started)",
                         d.condition
-                    )),
+                    ))
+                    }
                     c => {
                         return Err(format!(
                             "depends_on.{name}: unknown condition {c:?} (use service_started)"

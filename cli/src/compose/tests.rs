@@ -755,3 +755,10 @@ fn config_output_is_yaml_of_the_normalised_project() {
         Some("my_app_default")
     );
 }
+
+#[test]
+fn command_line_is_consistent() {
+    use clap::CommandFactory;
+    // clap checks flag clashes (e.g. with rnerd's global -n) only when a command is parsed
+    crate::rnerd::args::Cli::command().debug_assert();
+}

@@ -90,6 +90,8 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Run a multi-container project from a compose file
+    Compose(Box<crate::compose::ComposeArgs>),
     /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
 }

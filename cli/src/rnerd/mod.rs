@@ -143,10 +143,12 @@ pub fn separate_command(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
             let long = tok.strip_prefix("--");
             let hit = match long {
                 Some(l) => {
-                    a.get_long() == Some(l)
-                        || a.get_all_aliases().is_some_and(|al| al.contains(&l))
+                    a.get_long() == Some(l) || a.get_all_aliases().is_some_and(|al| al.contains(&l))
                 }
-                None => tok.chars().nth(1).is_some_and(|ch| a.get_short() == Some(ch)),
+                None => tok
+                    .chars()
+                    .nth(1)
+                    .is_some_and(|ch| a.get_short() == Some(ch)),
             };
             if hit {
                 return a.get_action().takes_values();
@@ -231,17 +233,25 @@ mod tests {
         assert_eq!(r.hostname.as_deref(), Some("box"));
         assert_eq!(r.command, ["ls", "-l"]);
         // flags after the image belong to the command
-        let parse = |v: &[&str]| {
-            Cli::try_parse_from(separate_command(v.iter().map(Into::into).collect()))
-        };
-        let c = parse(&["rnerd", "-n", "x", "run", "-e", "A=1", "--name=n", "-it", "-p", "80", "busybox", "-d", "x"]).unwrap();
+        let parse =
+            |v: &[&str]| Cli::try_parse_from(separate_command(v.iter().map(Into::into).collect()));
+        let c = parse(&[
+            "rnerd", "-n", "x", "run", "-e", "A=1", "--name=n", "-it", "-p", "80", "busybox", "-d",
+            "x",
+        ])
+        .unwrap();
         let Command::Run(r) = c.command else { panic!() };
         assert!(!r.detach && r.interactive && r.tty);
         assert_eq!(r.env, ["A=1"]);
         assert_eq!(r.command, ["-d", "x"]);
         let c = parse(&["rnerd", "exec", "-w", "/", "web", "ls", "-l"]).unwrap();
-        let Command::Exec(e) = c.command else { panic!() };
-        assert_eq!((e.container.as_str(), e.command.clone()), ("web", vec!["ls".to_owned(), "-l".into()]));
+        let Command::Exec(e) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (e.container.as_str(), e.command.clone()),
+            ("web", vec!["ls".to_owned(), "-l".into()])
+        );
         let c = parse(&["rnerd", "run", "busybox"]).unwrap();
         let Command::Run(r) = c.command else { panic!() };
         assert!(r.command.is_empty());

@@ -7,24 +7,68 @@ use rcd_proto::v1 as pb;
 
 /// A random 64-hex container id.
 pub fn random_id() -> String {
-    (0..4).map(|_| format!("{:016x}", fastrand::u64(..))).collect()
+    (0..4)
+        .map(|_| format!("{:016x}", fastrand::u64(..)))
+        .collect()
 }
 
 const ADJECTIVES: &[&str] = &[
-    "admiring", "agitated", "amazing", "angry", "awesome", "blissful", "bold", "brave",
-    "busy", "charming", "clever", "cool", "dazzling", "eager", "ecstatic", "elegant",
-    "epic", "festive", "focused", "friendly", "gallant", "gifted", "happy", "hungry",
-    "jolly", "keen", "kind", "laughing", "loving", "lucid", "modest", "nice", "optimistic",
-    "peaceful", "practical", "quirky", "relaxed", "serene", "sharp", "stoic", "sweet",
-    "tender", "trusting", "upbeat", "vibrant", "wizardly", "youthful", "zealous",
+    "admiring",
+    "agitated",
+    "amazing",
+    "angry",
+    "awesome",
+    "blissful",
+    "bold",
+    "brave",
+    "busy",
+    "charming",
+    "clever",
+    "cool",
+    "dazzling",
+    "eager",
+    "ecstatic",
+    "elegant",
+    "epic",
+    "festive",
+    "focused",
+    "friendly",
+    "gallant",
+    "gifted",
+    "happy",
+    "hungry",
+    "jolly",
+    "keen",
+    "kind",
+    "laughing",
+    "loving",
+    "lucid",
+    "modest",
+    "nice",
+    "optimistic",
+    "peaceful",
+    "practical",
+    "quirky",
+    "relaxed",
+    "serene",
+    "sharp",
+    "stoic",
+    "sweet",
+    "tender",
+    "trusting",
+    "upbeat",
+    "vibrant",
+    "wizardly",
+    "youthful",
+    "zealous",
 ];
 
 const SURNAMES: &[&str] = &[
     "agnesi", "babbage", "bardeen", "bell", "bohr", "cannon", "curie", "darwin", "dijkstra",
-    "einstein", "euclid", "euler", "faraday", "fermat", "feynman", "galileo", "gauss",
-    "goldberg", "hamilton", "hopper", "hypatia", "kepler", "knuth", "lamport", "lovelace",
-    "maxwell", "mendel", "newton", "noether", "pascal", "pike", "ritchie", "shannon",
-    "thompson", "torvalds", "turing", "wilson", "wozniak", "yalow",
+    "einstein", "euclid", "euler", "faraday", "fermat", "feynman", "galileo", "gauss", "goldberg",
+    "hamilton", "hopper", "hypatia", "kepler", "knuth", "lamport", "lovelace", "maxwell", "mendel",
+    "newton", "noether", "pascal", "pike", "ritchie", "shannon", "thompson", "torvalds", "turing",
+    "wilson", "wozniak", "yalow",
 ];
 
 /// docker's kind of automatic name.
@@ -108,7 +152,13 @@ mod tests {
         assert_eq!(find(&list, "abd").unwrap().id, "abd456");
         // a name wins over an id prefix
         assert_eq!(find(&list, "abc").unwrap().id, "ff");
-        assert!(find(&list, "ab").unwrap_err().to_string().contains("2 containers"));
-        assert!(find(&list, "zz").unwrap_err().to_string().contains("no such container"));
+        assert!(find(&list, "ab")
+            .unwrap_err()
+            .to_string()
+            .contains("2 containers"));
+        assert!(find(&list, "zz")
+            .unwrap_err()
+            .to_string()
+            .contains("no such container"));
     }
 }

@@ -79,10 +79,16 @@ mod tests {
     #[test]
     fn templates() {
         let v = json!({"ID": "abc", "State": {"Status": "running", "Pid": 7}, "L": ["a"]});
-        assert_eq!(render("{{.ID}}\\t{{ .State.Status }}", &v).unwrap(), "abc\trunning");
+        assert_eq!(
+            render("{{.ID}}\\t{{ .State.Status }}", &v).unwrap(),
+            "abc\trunning"
+        );
         assert_eq!(render("{{.State.Pid}}", &v).unwrap(), "7");
         assert_eq!(render("{{json .L}}", &v).unwrap(), "[\"a\"]");
-        assert!(render("{{.Nope}}", &v).unwrap_err().to_string().contains("Nope"));
+        assert!(render("{{.Nope}}", &v)
+            .unwrap_err()
+            .to_string()
+            .contains("Nope"));
         assert!(render("{{.ID", &v).is_err());
         assert!(render("{{ID}}", &v).is_err());
         assert!(matches!(Format::parse(Some("json")), Format::Json));

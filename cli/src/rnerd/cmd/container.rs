@@ -48,7 +48,10 @@ async fn start_one(ctx: &Ctx, c: &pb::Container, attach: bool, stdin: bool) -> R
     let s = state(ctx, c).await?;
     if s.running() {
         if attach {
-            bail!("container {} is already running: use `rnerd attach`", name_of(c));
+            bail!(
+                "container {} is already running: use `rnerd attach`",
+                name_of(c)
+            );
         }
         return Ok(0);
     }
@@ -89,7 +92,10 @@ async fn start_one(ctx: &Ctx, c: &pb::Container, attach: bool, stdin: bool) -> R
 pub async fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
     if a.attach || a.interactive {
         if a.containers.len() != 1 {
-            bail!("start -a attaches to one container, not {}", a.containers.len());
+            bail!(
+                "start -a attaches to one container, not {}",
+                a.containers.len()
+            );
         }
         let c = resolve(ctx, &a.containers[0]).await?;
         let code = start_one(ctx, &c, true, a.interactive).await?;
@@ -326,12 +332,18 @@ pub fn ports_column(c: &pb::Container) -> String {
     ports_of(c)
         .iter()
         .map(|p| {
-            let ip = p["host_ip"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0");
+            let ip = p["host_ip"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("0.0.0.0");
             format!(
                 "{ip}:{}->{}/{}",
                 p["host_port"],
                 p["container_port"],
-                p["protocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("tcp")
+                p["protocol"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("tcp")
             )
         })
         .collect::<Vec<_>>()
@@ -346,8 +358,14 @@ pub async fn port(ctx: &Ctx, what: &str, which: Option<String>) -> Result<()> {
     });
     let mut found = false;
     for p in ports_of(&c) {
-        let proto = p["protocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("tcp");
-        let ip = p["host_ip"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0");
+        let proto = p["protocol"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("tcp");
+        let ip = p["host_ip"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("0.0.0.0");
         let ctr = p["container_port"].to_string();
         match &want {
             Some((wp, wproto)) if *wp == ctr && wproto == proto => {
@@ -366,7 +384,10 @@ pub async fn port(ctx: &Ctx, what: &str, which: Option<String>) -> Result<()> {
 
 fn running_or_fail(c: &pb::Container, s: &State) -> Result<()> {
     if !s.running() {
-        bail!("container {} is not running: `rnerd start` it first", name_of(c));
+        bail!(
+            "container {} is not running: `rnerd start` it first",
+            name_of(c)
+        );
     }
     Ok(())
 }
@@ -384,7 +405,11 @@ pub async fn top(ctx: &Ctx, what: &str) -> Result<()> {
         .map_err(ctx.st())?
         .into_inner()
         .pids;
-    let list = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     // rcd's tasks run on this host: ps shows them, as docker top does
     let out = std::process::Command::new("ps")
         .args(["-o", "uid,pid,ppid,c,stime,tty,time,cmd", "-p", &list])

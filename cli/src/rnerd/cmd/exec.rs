@@ -26,12 +26,23 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<()> {
     match s.status {
         "running" => {}
         "paused" => bail!("container {} is paused: unpause it first", name_of(&c)),
-        st => bail!("container {} is {st}, not running: `rnerd start` it first", name_of(&c)),
+        st => bail!(
+            "container {} is {st}, not running: `rnerd start` it first",
+            name_of(&c)
+        ),
     }
     let exec_id = format!("exec-{:016x}", fastrand::u64(..));
-    let fifos = Fifos::create(&format!("{}-{exec_id}", &c.id[..12.min(c.id.len())]), a.interactive, a.tty)?;
+    let fifos = Fifos::create(
+        &format!("{}-{exec_id}", &c.id[..12.min(c.id.len())]),
+        a.interactive,
+        a.tty,
+    )?;
     let readers = Readers::open(Some(&fifos.stdout), fifos.stderr.as_deref())?;
-    let stdio = if a.detach { pb::Stdio::default() } else { fifos.stdio() };
+    let stdio = if a.detach {
+        pb::Stdio::default()
+    } else {
+        fifos.stdio()
+    };
     ctx.client
         .tasks()
         .exec(pb::ExecTaskRequest {
@@ -70,7 +81,10 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<()> {
             .await
         {
             delete().await;
-            return Err(exec_error(crate::client::status_message(ctx.client.address(), &s)));
+            return Err(exec_error(crate::client::status_message(
+                ctx.client.address(),
+                &s,
+            )));
         }
         return Ok(());
     }

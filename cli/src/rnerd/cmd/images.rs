@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 /// A failed call about image `name`: NotFound says what to do.
 pub fn not_found_hint(ctx: &Ctx, s: tonic::Status, name: &str) -> anyhow::Error {
     if s.code() == tonic::Code::NotFound && s.message().contains("image") {
-        return anyhow!("image {name:?} not found: pull it (`rnerd pull {name}`) or check the name");
+        return anyhow!(
+            "image {name:?} not found: pull it (`rnerd pull {name}`) or check the name"
+        );
     }
     ctx.st()(s)
 }
@@ -197,7 +199,9 @@ fn pull_error(ctx: &Ctx, s: tonic::Status, reference: &str) -> anyhow::Error {
         return anyhow!("pulling {reference}: {msg}: check the name and tag");
     }
     if msg.contains("http") && msg.contains("https") || msg.to_lowercase().contains("tls") {
-        return anyhow!("pulling {reference}: {msg} (a plain-HTTP registry needs --insecure-registry HOST)");
+        return anyhow!(
+            "pulling {reference}: {msg} (a plain-HTTP registry needs --insecure-registry HOST)"
+        );
     }
     anyhow!("pulling {reference}: {msg}")
 }
@@ -248,9 +252,9 @@ pub async fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         list.retain(|i| {
             let (repo, tag) = split_name(&i.name);
             let short = short_repo(&repo);
-            [&repo, &short].iter().any(|n| {
-                *n == r || format!("{n}:{tag}") == *r
-            })
+            [&repo, &short]
+                .iter()
+                .any(|n| *n == r || format!("{n}:{tag}") == *r)
         });
     }
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
@@ -260,7 +264,11 @@ pub async fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         for i in &list {
             let id = image_id(i);
             let id = id.strip_prefix("sha256:").unwrap_or(&id).to_owned();
-            let short = if a.no_trunc { id.clone() } else { id[..id.len().min(12)].to_owned() };
+            let short = if a.no_trunc {
+                id.clone()
+            } else {
+                id[..id.len().min(12)].to_owned()
+            };
             if seen.insert(short.clone()) {
                 println!("{short}");
             }

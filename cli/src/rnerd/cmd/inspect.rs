@@ -25,7 +25,10 @@ pub fn container_json(c: &pb::Container, s: &State) -> Value {
     };
     let mut port_map = serde_json::Map::new();
     for pm in ports_of(c) {
-        let proto = pm["protocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("tcp");
+        let proto = pm["protocol"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("tcp");
         let key = format!("{}/{proto}", pm["container_port"]);
         let entry = json!({
             "HostIp": pm["host_ip"].as_str().filter(|s| !s.is_empty()).unwrap_or("0.0.0.0"),
@@ -128,7 +131,9 @@ async fn image_json(ctx: &Ctx, name: &str) -> Result<Option<Value>> {
     let r = match ctx
         .client
         .images()
-        .get(pb::GetImageRequest { name: name.to_owned() })
+        .get(pb::GetImageRequest {
+            name: name.to_owned(),
+        })
         .await
     {
         Ok(r) => r.into_inner(),
@@ -187,7 +192,9 @@ pub async fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<()> {
                     "image" => "image",
                     _ => "container or image",
                 };
-                eprintln!("rnerd: no such {what} {n:?}: `rnerd ps -a` and `rnerd images` list them");
+                eprintln!(
+                    "rnerd: no such {what} {n:?}: `rnerd ps -a` and `rnerd images` list them"
+                );
                 failed = true;
             }
         }

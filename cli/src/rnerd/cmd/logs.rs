@@ -32,7 +32,11 @@ async fn stream(ctx: &Ctx, req: pb::LogsRequest, timestamps: bool) -> Result<()>
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     while let Some(m) = s.message().await.map_err(|s| logs_error(ctx, s))? {
         for l in m.lines {
-            let w: &mut dyn Write = if l.stream == "stderr" { &mut err } else { &mut out };
+            let w: &mut dyn Write = if l.stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
             if timestamps {
                 write!(w, "{} ", l.time)?;
             }
@@ -45,7 +49,9 @@ async fn stream(ctx: &Ctx, req: pb::LogsRequest, timestamps: bool) -> Result<()>
 
 fn logs_error(ctx: &Ctx, s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unimplemented {
-        return anyhow!("this rcd keeps no container logs (Containers.Logs is not implemented): update rcd");
+        return anyhow!(
+            "this rcd keeps no container logs (Containers.Logs is not implemented): update rcd"
+        );
     }
     ctx.st()(s)
 }
@@ -58,8 +64,18 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<()> {
             _ => bail!("invalid --tail {n:?}: a number of lines or \"all\""),
         },
     };
-    let since = a.since.as_deref().map(time_arg).transpose()?.unwrap_or_default();
-    let until = a.until.as_deref().map(time_arg).transpose()?.unwrap_or_default();
+    let since = a
+        .since
+        .as_deref()
+        .map(time_arg)
+        .transpose()?
+        .unwrap_or_default();
+    let until = a
+        .until
+        .as_deref()
+        .map(time_arg)
+        .transpose()?
+        .unwrap_or_default();
     let c = resolve(ctx, &a.container).await?;
     stream(
         ctx,
@@ -102,7 +118,10 @@ mod tests {
     fn times() {
         assert!(time_arg("10m").unwrap().ends_with('Z'));
         assert_eq!(time_arg("1700000000").unwrap(), "1700000000");
-        assert_eq!(time_arg("2026-01-02T15:04:05Z").unwrap(), "2026-01-02T15:04:05Z");
+        assert_eq!(
+            time_arg("2026-01-02T15:04:05Z").unwrap(),
+            "2026-01-02T15:04:05Z"
+        );
         assert!(time_arg("yesterday").is_err());
     }
 }

@@ -43,6 +43,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Pull(a) => images::pull_cmd(ctx, a).await,
         Command::Images(a) => images::images(ctx, a).await,
         Command::Rmi(a) => images::rmi(ctx, a).await,
+        Command::Compose(a) => crate::compose::main(ctx, *a).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
     }
 }

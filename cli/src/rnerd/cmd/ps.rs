@@ -40,9 +40,9 @@ pub fn image_short(name: &str) -> String {
 
 /// One `--filter KEY=VALUE`.
 fn matches(f: &str, c: &pb::Container, s: &State) -> Result<bool> {
-    let (k, v) = f
-        .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("invalid filter {f:?}: KEY=VALUE (name=web, status=exited, label=a=b)"))?;
+    let (k, v) = f.split_once('=').ok_or_else(|| {
+        anyhow::anyhow!("invalid filter {f:?}: KEY=VALUE (name=web, status=exited, label=a=b)")
+    })?;
     Ok(match k {
         "name" => name_of(c).contains(v),
         "id" => c.id.starts_with(v),
@@ -57,7 +57,9 @@ fn matches(f: &str, c: &pb::Container, s: &State) -> Result<bool> {
             None => c.labels.contains_key(v),
         },
         "ancestor" => c.image == v || image_short(&c.image) == v || split_name(&c.image).0 == v,
-        "exited" => s.status == "exited" && s.exit_code.map(|c| c.to_string()).as_deref() == Some(v),
+        "exited" => {
+            s.status == "exited" && s.exit_code.map(|c| c.to_string()).as_deref() == Some(v)
+        }
         _ => bail!("invalid filter {f:?}: name, id, label, status, ancestor or exited"),
     })
 }
@@ -115,7 +117,11 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> Result<()> {
             break;
         }
         shown += 1;
-        let id = if a.no_trunc { c.id.clone() } else { short_id(&c.id).to_owned() };
+        let id = if a.no_trunc {
+            c.id.clone()
+        } else {
+            short_id(&c.id).to_owned()
+        };
         if a.quiet {
             println!("{id}");
             continue;
@@ -190,7 +196,10 @@ mod tests {
         assert!(matches("status=bogus", &c, &s).is_err());
         assert!(matches("nope=1", &c, &s).is_err());
         assert!(matches("name", &c, &s).is_err());
-        assert_eq!(image_short("127.0.0.1:5000/library/busybox:v1"), "127.0.0.1:5000/library/busybox:v1");
+        assert_eq!(
+            image_short("127.0.0.1:5000/library/busybox:v1"),
+            "127.0.0.1:5000/library/busybox:v1"
+        );
         assert_eq!(truncate("abcdefghij", 5), "abcd…");
     }
 }

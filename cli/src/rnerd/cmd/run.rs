@@ -83,7 +83,8 @@ pub fn parse_memory(s: &str) -> Result<u64> {
 
 /// `--restart`: docker's policies.
 pub fn check_restart(p: &str) -> Result<()> {
-    let bad = || anyhow!("invalid restart policy {p:?}: no, always, on-failure[:N], unless-stopped");
+    let bad =
+        || anyhow!("invalid restart policy {p:?}: no, always, on-failure[:N], unless-stopped");
     match p.split_once(':') {
         None if matches!(p, "no" | "always" | "on-failure" | "unless-stopped") => Ok(()),
         Some(("on-failure", n)) if n.parse::<u32>().is_ok() => Ok(()),
@@ -138,8 +139,8 @@ pub fn volume(spec: &str) -> Result<String> {
         bail!("invalid volume {spec:?}: the container path {dst:?} must be absolute");
     }
     if parts.len() > 1 && parts[0].starts_with('.') {
-        let abs = std::path::absolute(parts[0])
-            .with_context(|| format!("resolving {}", parts[0]))?;
+        let abs =
+            std::path::absolute(parts[0]).with_context(|| format!("resolving {}", parts[0]))?;
         let mut v = vec![abs.display().to_string()];
         v.extend(parts[1..].iter().map(|s| s.to_string()));
         return Ok(v.join(":"));
@@ -159,7 +160,9 @@ pub fn docker_mount(spec: &str) -> Result<(Option<String>, Option<String>)> {
             "source" | "src" => src = v.to_owned(),
             "target" | "destination" | "dst" => dst = v.to_owned(),
             "readonly" | "ro" => ro = v.is_empty() || v == "true" || v == "1",
-            _ => bail!("invalid mount {spec:?}: unknown key {k:?} (type, source, target, readonly)"),
+            _ => {
+                bail!("invalid mount {spec:?}: unknown key {k:?} (type, source, target, readonly)")
+            }
         }
     }
     if !dst.starts_with('/') {
@@ -181,7 +184,9 @@ pub fn docker_mount(spec: &str) -> Result<(Option<String>, Option<String>)> {
             ))
         }
         "tmpfs" => Ok((
-            Some(format!("type=tmpfs,src=tmpfs,dst={dst},options=nosuid:nodev:{opt}")),
+            Some(format!(
+                "type=tmpfs,src=tmpfs,dst={dst},options=nosuid:nodev:{opt}"
+            )),
             None,
         )),
         "volume" if src.is_empty() => Ok((None, Some(dst))),
@@ -200,7 +205,10 @@ fn start_error(ctx: &Ctx, s: tonic::Status) -> anyhow::Error {
     {
         return CodedError(EXIT_NOT_FOUND, msg).into();
     }
-    if m.contains("permission denied") || m.contains("exec format error") || m.contains("is a directory") {
+    if m.contains("permission denied")
+        || m.contains("exec format error")
+        || m.contains("is a directory")
+    {
         return CodedError(EXIT_CANNOT_INVOKE, msg).into();
     }
     anyhow!(msg)
@@ -236,7 +244,9 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         bail!("--rm and --restart {} exclude each other", a.restart);
     }
     if a.rm && a.detach {
-        bail!("--rm with -d is not supported yet: run it attached, or `rnerd rm` it after it exits");
+        bail!(
+            "--rm with -d is not supported yet: run it attached, or `rnerd rm` it after it exits"
+        );
     }
     if !matches!(a.pull.as_str(), "always" | "missing" | "never") {
         bail!("invalid --pull {:?}: always, missing or never", a.pull);
@@ -255,7 +265,12 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
             _ => bail!("invalid --cpus {c:?}: a number of CPUs above 0 (0.5, 2)"),
         }
     }
-    let memory = a.memory.as_deref().map(parse_memory).transpose()?.unwrap_or(0);
+    let memory = a
+        .memory
+        .as_deref()
+        .map(parse_memory)
+        .transpose()?
+        .unwrap_or(0);
     let mut ports = a
         .publish
         .iter()
@@ -292,7 +307,10 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         }
         None => loop {
             let n = random_name();
-            if !existing.iter().any(|c| c.labels.get(labels::NAME) == Some(&n)) {
+            if !existing
+                .iter()
+                .any(|c| c.labels.get(labels::NAME) == Some(&n))
+            {
                 break n;
             }
         },
@@ -483,17 +501,35 @@ mod tests {
     #[test]
     fn ports() {
         let p = parse_port("8080:80").unwrap();
-        assert_eq!((p.host_port, p.container_port, p.protocol.as_str()), (8080, 80, "tcp"));
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol.as_str()),
+            (8080, 80, "tcp")
+        );
         let p = parse_port("127.0.0.1:53:53/udp").unwrap();
-        assert_eq!((p.host_ip.as_str(), p.host_port, p.protocol.as_str()), ("127.0.0.1", 53, "udp"));
+        assert_eq!(
+            (p.host_ip.as_str(), p.host_port, p.protocol.as_str()),
+            ("127.0.0.1", 53, "udp")
+        );
         let p = parse_port("80").unwrap();
         assert_eq!((p.host_port, p.container_port), (0, 80));
         let p = parse_port("[::1]:8080:80").unwrap();
         assert_eq!(p.host_ip, "::1");
-        for bad in ["", "x", "80/sctp", "0", "70000", "a:b:c:d", "1.2.3:80:80", ":"] {
+        for bad in [
+            "",
+            "x",
+            "80/sctp",
+            "0",
+            "70000",
+            "a:b:c:d",
+            "1.2.3:80:80",
+            ":",
+        ] {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
-        assert!(parse_port("8080:80/sctp").unwrap_err().to_string().contains("tcp or udp"));
+        assert!(parse_port("8080:80/sctp")
+            .unwrap_err()
+            .to_string()
+            .contains("tcp or udp"));
     }
 
     #[test]
@@ -509,7 +545,13 @@ mod tests {
 
     #[test]
     fn restart_policies() {
-        for ok in ["no", "always", "on-failure", "on-failure:3", "unless-stopped"] {
+        for ok in [
+            "no",
+            "always",
+            "on-failure",
+            "on-failure:3",
+            "unless-stopped",
+        ] {
             check_restart(ok).unwrap();
         }
         for bad in ["sometimes", "on-failure:x", "always:3", ""] {
@@ -547,7 +589,10 @@ mod tests {
             (None, Some("v:/d:ro".into()))
         );
         assert_eq!(
-            docker_mount("type=bind,source=/tmp,target=/t").unwrap().0.unwrap(),
+            docker_mount("type=bind,source=/tmp,target=/t")
+                .unwrap()
+                .0
+                .unwrap(),
             "type=bind,src=/tmp,dst=/t,options=rbind:rw"
         );
         assert!(docker_mount("type=bind,source=/nonexistent-x,target=/t").is_err());

@@ -49,7 +49,13 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
         if first {
             for c in &chosen {
                 if let Ok(m) = metrics(ctx, &c.id).await {
-                    prev.insert(c.id.clone(), Sample { at: Instant::now(), cpu_ns: m.cpu_usage_total_ns });
+                    prev.insert(
+                        c.id.clone(),
+                        Sample {
+                            at: Instant::now(),
+                            cpu_ns: m.cpu_usage_total_ns,
+                        },
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -73,13 +79,23 @@ pub async fn stats(ctx: &Ctx, a: StatsArgs) -> Result<()> {
                 }
                 _ => 0.0,
             };
-            prev.insert(c.id.clone(), Sample { at: now, cpu_ns: m.cpu_usage_total_ns });
+            prev.insert(
+                c.id.clone(),
+                Sample {
+                    at: now,
+                    cpu_ns: m.cpu_usage_total_ns,
+                },
+            );
             let limit = if m.memory_limit == 0 || m.memory_limit >= 1 << 62 {
                 host_memory()
             } else {
                 m.memory_limit
             };
-            let mem_pct = if limit > 0 { m.memory_usage as f64 / limit as f64 * 100.0 } else { 0.0 };
+            let mem_pct = if limit > 0 {
+                m.memory_usage as f64 / limit as f64 * 100.0
+            } else {
+                0.0
+            };
             let v = serde_json::json!({
                 "ID": short_id(&c.id),
                 "Name": name_of(c),
@@ -122,7 +138,9 @@ async fn metrics(ctx: &Ctx, id: &str) -> Result<pb::TaskMetricsResponse> {
     Ok(ctx
         .client
         .tasks()
-        .metrics(pb::TaskMetricsRequest { container_id: id.to_owned() })
+        .metrics(pb::TaskMetricsRequest {
+            container_id: id.to_owned(),
+        })
         .await
         .map_err(ctx.st())?
         .into_inner())
