@@ -495,3 +495,102 @@ fn bad_files_are_clear_errors() {
     // nothing was made
     assert!(e.containers().is_empty());
 }
+
+fn volumes(e: &Env) -> Vec<String> {
+    e.api(async |c| {
+        c.volumes()
+            .list(pb::ListVolumesRequest { size: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .volumes
+            .into_iter()
+            .filter(|v| !v.anonymous)
+            .map(|v| v.name)
+            .collect()
+    })
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn attached_up_volumes_ports_and_env() {
+    let e = env("vol");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir(e.proj().join("site")).unwrap();
+    std::fs::write(e.proj().join("site/hello"), "hello from the host\n").unwrap();
+    std::fs::write(e.proj().join(".env"), format!("PORT={port}\nWHO=dotenv\n")).unwrap();
+    std::fs::write(e.proj().join("app.env"), "GREETING=\"hi from ${WHO}\"\n").unwrap();
+    e.write(
+        r#"
+services:
+  writer:
+    image: IMAGE
+    env_file: app.env
+    environment: {WHO: "${WHO:-nobody}"}
+    volumes: ["data:/data", "./site:/site:ro"]
+    command: ["sh", "-c", "echo \"$$WHO\" > /data/index.html; cat /site/hello; touch /site/x 2>/dev/null || echo read-only; echo \"$$GREETING\""]
+volumes:
+  data:
+"#,
+    );
+    // attached: the output, prefixed, until the service exits
+    let (out, err) = e.ok(&["up"]);
+    assert!(
+        out.contains("writer-1 | hello from the host"),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("writer-1 | read-only"), "{out}");
+    assert!(out.contains("writer-1 | hi from dotenv"), "{out}");
+    assert_eq!(
+        progress(&err, "Created"),
+        ["vol_default", "vol_data", "vol-writer-1"],
+        "{err}"
+    );
+    assert!(volumes(&e).contains(&"vol_data".to_owned()));
+
+    // the named volume outlives its container; a published port reaches a service
+    e.write(
+        r#"
+services:
+  web:
+    image: IMAGE
+    volumes: ["data:/www"]
+    ports: ["127.0.0.1:${PORT}:80"]
+    command: httpd -f -p 80 -h /www
+volumes:
+  data:
+"#,
+    );
+    let (_, err) = e.ok(&["up", "-d", "--remove-orphans"]);
+    assert_eq!(progress(&err, "Removed"), ["vol-writer-1"], "{err}");
+    wait_for("web on the published port", Duration::from_secs(20), || {
+        http_get(port).is_some_and(|r| r.ends_with("dotenv\n"))
+    });
+    let (ps, _) = e.ok(&["ps"]);
+    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+
+    // down keeps the volume; down -v removes it
+    e.ok(&["down", "-t", "1"]);
+    assert!(volumes(&e).contains(&"vol_data".to_owned()));
+    e.ok(&["up", "-d"]);
+    let (_, err) = e.ok(&["down", "-v", "-t", "1"]);
+    assert!(
+        progress(&err, "Removed").contains(&"vol_data".to_owned()),
+        "{err}"
+    );
+    assert!(!volumes(&e).contains(&"vol_data".to_owned()));
+    assert!(e.containers().is_empty());
+}

@@ -228,7 +228,8 @@ pub fn load_project(
     let dotenv = dir.join(".env");
     match std::fs::read_to_string(&dotenv) {
         Ok(text) => {
-            for (k, v) in model::parse_env_file(&text)
+            let process = |k: &str| std::env::var(k).ok();
+            for (k, v) in model::parse_env_file(&text, &process)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dotenv.display()))?
             {
                 if let Some(v) = v {

@@ -756,8 +756,9 @@ fn service(ctx: &Ctx, key: &str, v: &Value) -> Result<Service> {
         let path = absolute(ctx.working_dir, &f.path, ctx.opts.home.as_deref());
         match (ctx.opts.read_file)(Path::new(&path)) {
             Ok(text) => {
-                let entries =
-                    parse_env_file(&text).map_err(|e| format!("env_file {}: {e}", path))?;
+                let lookup = |k: &str| ctx.opts.env.get(k).cloned();
+                let entries = parse_env_file(&text, &lookup)
+                    .map_err(|e| format!("env_file {}: {e}", path))?;
                 for (k, v) in entries {
                     if let Some(v) = v.or_else(|| ctx.opts.env.get(&k).cloned()) {
                         s.environment.insert(k, v);
@@ -901,9 +902,13 @@ fn env_file_list(v: &Value) -> Result<Vec<EnvFile>> {
 
 /// An env file (compose's and docker's `--env-file`): `KEY=VALUE` lines, `#` comments, blank
 /// lines, an optional `export `, values optionally in single or double quotes; a bare `KEY`
-/// takes the host's value.
-pub fn parse_env_file(text: &str) -> Result<Vec<(String, Option<String>)>> {
-    let mut out = Vec::new();
+/// takes the host's value. As compose's, `${VAR}` in unquoted and double-quoted values is
+/// expanded from the file's earlier lines, then `lookup`; single quotes keep it literal.
+pub fn parse_env_file(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, Option<String>)>> {
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -911,28 +916,39 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, Option<String>)>> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
         let (k, v) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), Some(unquote(v.trim()))),
+            Some((k, v)) => (k.trim(), Some(v.trim())),
             None => (line, None),
         };
         if k.is_empty() || k.contains(char::is_whitespace) {
             return Err(format!("line {}: invalid variable name {k:?}", n + 1));
         }
+        let v = match v {
+            None => None,
+            Some(v) if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') => {
+                Some(v[1..v.len() - 1].to_owned())
+            }
+            Some(v) => {
+                let raw = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+                    &v[1..v.len() - 1]
+                } else {
+                    // An unquoted value ends at an inline comment.
+                    v.find(" #").map_or(v, |i| v[..i].trim_end())
+                };
+                let earlier = |name: &str| {
+                    out.iter()
+                        .rev()
+                        .find(|(k, _)| k == name)
+                        .and_then(|(_, v)| v.clone())
+                        .or_else(|| lookup(name))
+                };
+                let expanded = interpolate(raw, &earlier, &mut Vec::new())
+                    .map_err(|e| format!("line {}: {e}", n + 1))?;
+                Some(expanded)
+            }
+        };
         out.push((k.to_owned(), v));
     }
     Ok(out)
-}
-
-fn unquote(v: &str) -> String {
-    for q in ['"', '\''] {
-        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
-            return v[1..v.len() - 1].to_owned();
-        }
-    }
-    // An unquoted value ends at an inline comment.
-    match v.find(" #") {
-        Some(i) => v[..i].trim_end().to_owned(),
-        None => v.to_owned(),
-    }
 }
 
 fn labels(v: &Value) -> Result<BTreeMap<String, String>> {

@@ -22,6 +22,7 @@ fn files(p: &Path) -> std::io::Result<String> {
     match p.to_str().unwrap() {
         "/srv/My_App/web.env" => Ok("# comment\nA=from-file\nB=\"quoted value\"\nexport C='single'\n\nFROM_HOST\nD=x # trailing\n".into()),
         "/srv/My_App/over.env" => Ok("A=second-file\n".into()),
+        "/srv/My_App/expand.env" => Ok("X=${TAG}\nY=\"$X-${NOPE:-d}\"\nZ='${TAG}'\nW=$$TAG\n".into()),
         "/srv/My_App/bad.env" => Ok("has space=1\n".into()),
         _ => Err(std::io::ErrorKind::NotFound.into()),
     }
@@ -264,6 +265,14 @@ services:
     assert_eq!(e["E"], "a=b");
     assert_eq!(e["FROM_HOST"], "host-value");
     assert!(!e.contains_key("NOT_ON_HOST"));
+
+    // values expand from earlier lines and the project's variables, not in single quotes
+    let p = ok("services: {a: {image: x, env_file: expand.env}}");
+    let e = &p.services["a"].environment;
+    assert_eq!(e["X"], "1.36");
+    assert_eq!(e["Y"], "1.36-d");
+    assert_eq!(e["Z"], "${TAG}");
+    assert_eq!(e["W"], "$TAG");
 
     // later env files override earlier ones
     let p = ok("services: {a: {image: x, env_file: [web.env, over.env]}}");
