@@ -107,6 +107,13 @@ impl Env {
 
     /// `rnerd compose -p <project> ARGS` in the project directory.
     fn compose(&self, args: &[&str]) -> Output {
+        spawn_tied(self.compose_cmd(args))
+            .unwrap()
+            .wait_with_output()
+            .unwrap()
+    }
+
+    fn compose_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(RNERD);
         cmd.arg("--address")
             .arg(&self.address)
@@ -123,7 +130,7 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        spawn_tied(cmd).unwrap().wait_with_output().unwrap()
+        cmd
     }
 
     fn rcd_log(&self) -> String {
@@ -592,5 +599,75 @@ volumes:
         "{err}"
     );
     assert!(!volumes(&e).contains(&"vol_data".to_owned()));
+    assert!(e.containers().is_empty());
+}
+
+/// A child's stdout lines as they come.
+fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(what);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no line with {what:?}; got {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn logs_follow_and_ctrl_c_of_attached_up() {
+    let e = env("att");
+    e.write(
+        r#"
+services:
+  ticker:
+    image: IMAGE
+    command: ["sh", "-c", "trap 'echo bye; exit 0' TERM; i=0; while :; do i=$$((i+1)); echo tick-$$i; sleep 0.2; done"]
+"#,
+    );
+    let mut up = spawn_tied(e.compose_cmd(&["up", "-t", "5"])).unwrap();
+    let rx = lines_of(&mut up);
+    wait_line(&rx, "ticker-1 | tick-2");
+
+    // logs -f follows new lines of the running service
+    let mut logs = spawn_tied(e.compose_cmd(&["logs", "-f", "--tail", "1"])).unwrap();
+    let lrx = lines_of(&mut logs);
+    let first = wait_line(&lrx, "tick-");
+    let n: u32 = first[0].rsplit('-').next().unwrap().parse().unwrap();
+    wait_line(&lrx, &format!("tick-{}", n + 2));
+    logs.kill().unwrap();
+    logs.wait().unwrap();
+
+    // Ctrl-C stops the services (their stop signal first) and exits 130
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    let st = up.wait().unwrap();
+    assert_eq!(st.code(), Some(130));
+    let (ps, _) = e.ok(&["ps"]);
+    assert_eq!(ps.lines().count(), 1, "only the header: {ps}");
+    let (logs, _) = e.ok(&["logs"]);
+    assert!(logs.trim_end().ends_with("ticker-1 | bye"), "{logs}");
+    e.ok(&["down"]);
     assert!(e.containers().is_empty());
 }

@@ -181,7 +181,8 @@ impl Exec {
             .iter()
             .map(|(c, id)| (self.prefix_of(&c.name), id.clone()))
             .collect();
-        let logs = self.stream_logs(&targets, true, None, false, true);
+        // Printed while this waits for the services.
+        let logs = tokio::spawn(self.stream_logs(&targets, true, None, false, true));
         // Containers that restart never end on their own.
         let waits = futures_util::future::join_all(
             ids.iter()
