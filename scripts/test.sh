@@ -10,4 +10,10 @@ fi
 bash scripts/deps.sh
 # integration tests drive the binaries: build them all first
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
+# the CRI suite again with the project's own shim and runtime (rshim + runr) in place of
+# Debian's runc shim
+RCD_TEST_CRI_SHIM="$PWD/target/debug/containerd-shim-runr-v2" \
+  cargo test -p rcd --test cri -- --test-threads="${TEST_THREADS:-4}" || status=$?
+exit "$status"

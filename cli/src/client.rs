@@ -169,16 +169,6 @@ impl Client {
         )
     }
 
-    pub fn introspection(&self) -> rcd_proto::v1::introspection_client::IntrospectionClient<Svc> {
-        rcd_proto::v1::introspection_client::IntrospectionClient::with_interceptor(
-            self.channel.clone(),
-            self.namespace.clone(),
-        )
-    }
-}
-
-/// Networks and volumes (rnerd's `network` and `volume` commands, compose).
-impl Client {
     pub fn networks(&self) -> rcd_proto::v1::networks_client::NetworksClient<Svc> {
         rcd_proto::v1::networks_client::NetworksClient::with_interceptor(
             self.channel.clone(),
@@ -188,6 +178,13 @@ impl Client {
 
     pub fn volumes(&self) -> rcd_proto::v1::volumes_client::VolumesClient<Svc> {
         rcd_proto::v1::volumes_client::VolumesClient::with_interceptor(
+            self.channel.clone(),
+            self.namespace.clone(),
+        )
+    }
+
+    pub fn introspection(&self) -> rcd_proto::v1::introspection_client::IntrospectionClient<Svc> {
+        rcd_proto::v1::introspection_client::IntrospectionClient::with_interceptor(
             self.channel.clone(),
             self.namespace.clone(),
         )

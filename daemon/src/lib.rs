@@ -11,6 +11,7 @@ pub mod cri;
 pub mod gc;
 pub mod image;
 pub mod metadata;
+pub mod netmgr;
 pub mod pull;
 pub mod push;
 pub mod server;

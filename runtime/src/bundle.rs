@@ -101,6 +101,10 @@ pub fn libcontainer_compat(spec: &Spec, bundle: &Path) -> Option<Spec> {
             changed = true;
         }
     }
+    if let Some(mounts) = cgroup_v1_binds(&out, &host_cgroup_v1_mounts()) {
+        out.set_mounts(Some(mounts));
+        changed = true;
+    }
     if !changed {
         return None;
     }
@@ -123,6 +127,126 @@ pub fn libcontainer_compat(spec: &Spec, bundle: &Path) -> Option<Spec> {
             }
         }
     }
+    Some(out)
+}
+
+/// The cgroup v1 hierarchies mounted under /sys/fs/cgroup (none on a pure v2 host).
+fn host_cgroup_v1_mounts() -> Vec<PathBuf> {
+    if matches!(
+        libcgroups::common::get_cgroup_setup(),
+        Ok(libcgroups::common::CgroupSetup::Unified)
+    ) {
+        return vec![];
+    }
+    libcgroups::v1::util::list_subsystem_mount_points()
+        .map(|v| {
+            v.into_iter()
+                .filter(|p| p.starts_with("/sys/fs/cgroup"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The controllers libcontainer 0.7's v1 manager puts a container into: only their
+/// hierarchies have the container's directory to bind.
+const MANAGED_V1: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// The mounts that replace a `cgroup` mount when the container joins an existing PID
+/// namespace on a cgroup v1 host, or `None` when the spec needs no change.
+///
+/// libcontainer 0.7 finds the cgroups to show such a container by reading `/proc/<pid>` with
+/// the pid the container has inside the joined namespace, on the host's procfs: that is
+/// another process or none ("failed to prepare rootfs", seen with every pod that shares its
+/// PID namespace). What it means to mount is what runc mounts: a tmpfs with each hierarchy's
+/// directory of the container (`linux.cgroupsPath`, created before the rootfs is prepared)
+/// bound on it; co-mounted hierarchies (`cpu,cpuacct`) are bound under each name as well, in
+/// place of runc's symlinks.
+pub fn cgroup_v1_binds(
+    spec: &Spec,
+    host_mounts: &[PathBuf],
+) -> Option<Vec<oci_spec::runtime::Mount>> {
+    use oci_spec::runtime::{LinuxNamespaceType, MountBuilder};
+    let linux = spec.linux().as_ref()?;
+    let namespaces = linux.namespaces().as_ref()?;
+    let joins_pid = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some());
+    let own_cgroup_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Cgroup);
+    let cgroups_path = linux.cgroups_path().as_ref()?;
+    if !joins_pid
+        || own_cgroup_ns
+        || host_mounts.is_empty()
+        || !cgroups_path.is_absolute()
+        || cgroups_path.to_string_lossy().contains(':')
+    {
+        return None;
+    }
+    let mounts = spec.mounts().as_ref()?;
+    let at = mounts
+        .iter()
+        .position(|m| m.typ().as_deref() == Some("cgroup"))?;
+    let cg = &mounts[at];
+    let dest = cg.destination().clone();
+    let ro = cg
+        .options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|o| o == "ro"));
+    let mut out: Vec<oci_spec::runtime::Mount> = mounts[..at].to_vec();
+    let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    out.push(
+        MountBuilder::default()
+            .destination(dest.clone())
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(opts(&["noexec", "nosuid", "nodev", "mode=755"]))
+            .build()
+            .ok()?,
+    );
+    let rel = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    for hm in host_mounts {
+        let Some(name) = hm.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let controllers: Vec<&str> = name.split(',').collect();
+        if !controllers.iter().any(|c| MANAGED_V1.contains(c)) {
+            continue;
+        }
+        let mut names = vec![name];
+        if controllers.len() > 1 {
+            names.extend(controllers.iter().copied());
+        }
+        for n in names {
+            let mut o = vec!["rbind", "nosuid", "noexec", "nodev"];
+            if ro {
+                o.push("ro");
+            }
+            out.push(
+                MountBuilder::default()
+                    .destination(dest.join(n))
+                    .typ("bind")
+                    .source(hm.join(rel))
+                    .options(opts(&o))
+                    .build()
+                    .ok()?,
+            );
+        }
+    }
+    out.extend(mounts[at + 1..].iter().cloned());
     Some(out)
 }
 
@@ -334,6 +458,85 @@ mod tests {
         ));
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(load_spec(d.path()), Err(BundleError::NoConfig(_))));
+    }
+
+    #[test]
+    fn cgroup_mount_becomes_binds_only_when_a_pid_namespace_is_joined() {
+        let mut v = valid();
+        v["linux"]["cgroupsPath"] = serde_json::json!("/k8s/pod1/c1");
+        v["mounts"] = serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/h", "options": ["rbind"]}
+        ]);
+        let host: Vec<PathBuf> = [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/rdma",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let own: Spec = serde_json::from_value(v.clone()).unwrap();
+        assert!(cgroup_v1_binds(&own, &host).is_none());
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "mount"}
+        ]);
+        let joined: Spec = serde_json::from_value(v.clone()).unwrap();
+        assert!(cgroup_v1_binds(&joined, &[]).is_none());
+        let m = cgroup_v1_binds(&joined, &host).unwrap();
+        let got: Vec<(String, String, String)> = m
+            .iter()
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.source()
+                        .as_ref()
+                        .map(|s| s.display().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let want = [
+            ("/proc", "proc", "proc"),
+            ("/sys/fs/cgroup", "tmpfs", "tmpfs"),
+            (
+                "/sys/fs/cgroup/memory",
+                "bind",
+                "/sys/fs/cgroup/memory/k8s/pod1/c1",
+            ),
+            (
+                "/sys/fs/cgroup/cpu,cpuacct",
+                "bind",
+                "/sys/fs/cgroup/cpu,cpuacct/k8s/pod1/c1",
+            ),
+            (
+                "/sys/fs/cgroup/cpu",
+                "bind",
+                "/sys/fs/cgroup/cpu,cpuacct/k8s/pod1/c1",
+            ),
+            (
+                "/sys/fs/cgroup/cpuacct",
+                "bind",
+                "/sys/fs/cgroup/cpu,cpuacct/k8s/pod1/c1",
+            ),
+            ("/etc/hosts", "bind", "/h"),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(m[2].options().as_ref().unwrap().contains(&"ro".to_string()));
+        // a cgroup namespace of its own: libcontainer mounts cgroupfs itself, correctly
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "cgroup"}
+        ]);
+        let cgns: Spec = serde_json::from_value(v).unwrap();
+        assert!(cgroup_v1_binds(&cgns, &host).is_none());
     }
 
     #[test]

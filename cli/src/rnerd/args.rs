@@ -84,12 +84,80 @@ pub enum Command {
     Stats(StatsArgs),
     /// Attach to a running container's output (and input, with -i at run)
     Attach { container: String },
+    /// Copy files between a running container and the host
+    #[command(after_help = "Examples:
+  rnerd cp web:/etc/hostname .
+  rnerd cp ./site web:/www")]
+    Cp {
+        /// CONTAINER:PATH or a host path
+        src: String,
+        /// CONTAINER:PATH or a host path
+        dst: String,
+    },
+    /// Make an image from a container's changes
+    #[command(after_help = "Examples:
+  rnerd commit web myweb:v2
+  rnerd commit -m 'add index' -a me web")]
+    Commit {
+        /// Commit message (the new history entry's comment)
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author
+        #[arg(short, long)]
+        author: Option<String>,
+        /// Pause the container while committing (default true)
+        #[arg(short, long, default_value_t = true, action = ArgAction::Set)]
+        pause: bool,
+        container: String,
+        /// REPOSITORY[:TAG]
+        image: String,
+    },
     /// Pull an image from a registry
     Pull(PullArgs),
     /// List images
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Push an image to a registry
+    Push(PushArgs),
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Write images to a tar archive (docker's and OCI's layout at once)
+    #[command(after_help = "Examples:
+  rnerd save -o busybox.tar busybox
+  rnerd save busybox | gzip > busybox.tar.gz")]
+    Save(SaveArgs),
+    /// Read images from a tar archive (docker save's or an OCI layout; plain, gzip or zstd)
+    Load(LoadArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Store a registry's credentials (in docker's ~/.docker/config.json)
+    Login(LoginArgs),
+    /// Forget a registry's credentials
+    Logout { server: Option<String> },
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Disk usage and clean-up
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Print rcd's events as they happen
+    Events {
+        /// Filter: type=container|image|..., event=start|exit|...
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// Output: plain (default) or json
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Print rnerd's and rcd's versions
+    Version,
+    /// Show what rcd holds and runs
+    Info,
     /// Run a multi-container project from a compose file
     Compose(Box<crate::compose::ComposeArgs>),
     /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
@@ -370,6 +438,102 @@ pub struct ImagesArgs {
     pub repository: Option<String>,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Show images as JSON
+    Inspect {
+        /// Output: json (default) or a template
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show an image's layers and the steps that made them
+    History {
+        /// Don't truncate
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only the layer ids
+        #[arg(short, long)]
+        quiet: bool,
+        image: String,
+    },
+    /// Remove unused images' data (-a: every image no container uses)
+    Prune {
+        /// Every image no container uses, not only unreferenced data
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove images
+    Rm(RmiArgs),
+    /// Pull an image
+    Pull(PullArgs),
+    /// Push an image
+    Push(PushArgs),
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Write images to a tar archive
+    Save(SaveArgs),
+    /// Read images from a tar archive
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Only the final line
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+    pub image: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Write to this file (default: stdout, which must not be a terminal)
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from this file (default: stdin)
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Only the loaded names
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Platform, e.g. linux/amd64
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Registry host (default: docker.io)
+    pub server: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct RmiArgs {
     /// Remove even if a container uses it
@@ -377,4 +541,121 @@ pub struct RmiArgs {
     pub force: bool,
     #[arg(required = true)]
     pub images: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a bridge network with its own subnet
+    #[command(after_help = "Examples:
+  rnerd network create app
+  rnerd network create --subnet 10.9.0.0/24 app2")]
+    Create {
+        /// Driver (only bridge)
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free /24)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first)
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Label KEY=VALUE (repeatable)
+        #[arg(long)]
+        label: Vec<String>,
+        name: String,
+    },
+    /// List networks
+    #[command(alias = "list")]
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output: table (default), json, or a template
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks as JSON
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (default name: random)
+    Create {
+        /// Label KEY=VALUE (repeatable)
+        #[arg(long)]
+        label: Vec<String>,
+        name: Option<String>,
+    },
+    /// List volumes
+    #[command(alias = "list")]
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output: table (default), json, or a template
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show volumes as JSON
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes
+    #[command(alias = "remove")]
+    Rm {
+        /// Accepted for docker's sake
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes no container uses (anonymous ones; -a: all)
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Disk usage of images, containers and volumes
+    Df,
+    /// Remove stopped containers, unused networks, dangling image data (-a: unused images; --volumes)
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+        /// Unused anonymous volumes too
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Print rcd's events
+    Events {
+        #[arg(short, long)]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show what rcd holds and runs
+    Info,
 }

@@ -202,6 +202,12 @@ pub fn separate_command(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // credentials are files of this host's; no daemon needed
+    match cli.command {
+        Command::Login(a) => return cmd::images2::login(a),
+        Command::Logout { server } => return cmd::images2::logout(server),
+        _ => {}
+    }
     let client = Client::connect(&cli.address, &cli.namespace, Duration::from_secs(10))
         .await
         .map_err(|e| anyhow!("{e}: start rcd or pass --address (or RCD_ADDRESS)"))?;

@@ -148,6 +148,7 @@ fn main() -> ExitCode {
             .or(config.shim.clone())
             .unwrap_or_else(default_shim),
         cri: config.cri.clone(),
+        networks: config.networks.clone(),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -60,6 +60,8 @@ pub enum CniError {
     },
     #[error("no cni network config in {dir}")]
     NoNetwork { dir: PathBuf },
+    #[error("cni config load failed: {0}")]
+    LoadFailed(String),
     #[error("network {network:?}: cni plugin {plugin:?} not found in {dirs}")]
     PluginNotFound {
         network: String,
@@ -236,6 +238,9 @@ pub struct Cni {
     exec: CniExec,
     loopback: NetworkConfigList,
     network: Option<NetworkConfigList>,
+    /// Why the last read of the config dir failed: NetworkReady stays false with it (as
+    /// containerd's "cni config load failed") instead of rcd refusing to start.
+    load_error: Option<String>,
 }
 
 impl Cni {
@@ -252,22 +257,40 @@ impl Cni {
             exec,
             loopback: config::loopback_network(),
             network: None,
+            load_error: None,
         };
-        cni.reload()?;
+        if let Err(e) = cni.reload() {
+            tracing::warn!("{e}: pods cannot start until the cni config is fixed");
+        }
         Ok(cni)
     }
 
     /// Re-reads the configs (a new file in the config dir takes effect for new pods).
+    /// A failed read keeps the network read before (pods keep working) but makes [`Cni::ready`]
+    /// and new pods fail with the reason until a read succeeds.
     pub fn reload(&mut self) -> Result<(), CniError> {
+        match self.read_configs() {
+            Ok(network) => {
+                self.network = network;
+                self.load_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.load_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn read_configs(&self) -> Result<Option<NetworkConfigList>, CniError> {
         let admin = config::default_network(&self.opts.conf_dir)?;
         let generated = self.generated_path();
-        self.network = match admin {
+        Ok(match admin {
             // a pod CIDR only replaces rcd's own default network, never the admin's
             Some(n) if n.name != default::DEFAULT_NETWORK_NAME => Some(n),
             _ if generated.is_file() => Some(NetworkConfigList::from_file(&generated)?),
             other => other,
-        };
-        Ok(())
+        })
     }
 
     /// The network pods are attached to.
@@ -281,6 +304,9 @@ impl Cni {
 
     /// NetworkReady: a network is configured and all its plugins (and loopback) are found.
     pub fn ready(&self) -> Result<(), CniError> {
+        if let Some(e) = &self.load_error {
+            return Err(CniError::LoadFailed(e.clone()));
+        }
         let network = self.network.as_ref().ok_or_else(|| CniError::NoNetwork {
             dir: self.opts.conf_dir.clone(),
         })?;
@@ -358,6 +384,9 @@ impl Cni {
     /// RunPodSandbox: `lo` up through the loopback plugin, then the pod network on `eth0`.
     /// On failure everything added is removed again.
     pub async fn setup_pod(&self, req: &PodNetworkRequest) -> Result<PodNetwork, CniError> {
+        if let Some(e) = &self.load_error {
+            return Err(CniError::LoadFailed(e.clone()));
+        }
         let network = self.network.as_ref().ok_or_else(|| CniError::NoNetwork {
             dir: self.opts.conf_dir.clone(),
         })?;
@@ -531,6 +560,35 @@ mod tests {
         assert_send(cni.setup_pod(&req));
         assert_send(cni.teardown_pod(&req));
         assert_send(cni.check_pod(&req));
+    }
+
+    #[test]
+    fn a_broken_config_is_not_ready_with_its_reason_until_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("net.d");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("10-a.conflist"), "{ not json").unwrap();
+        let mut cni = Cni::load(CniOptions {
+            conf_dir: conf.clone(),
+            state_dir: dir.path().join("state"),
+            plugin_dirs: vec![dir.path().join("bin")],
+            ..Default::default()
+        })
+        .expect("a broken config must not stop the daemon");
+        let e = cni.ready().unwrap_err().to_string();
+        assert!(
+            e.starts_with("cni config load failed") && e.contains("10-a.conflist"),
+            "{e}"
+        );
+        std::fs::write(
+            conf.join("10-a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        cni.reload().unwrap();
+        // readable now; what is missing is the plugin, and it says so
+        let e = cni.ready().unwrap_err().to_string();
+        assert!(e.contains("plugin \"bridge\" not found"), "{e}");
     }
 
     #[test]

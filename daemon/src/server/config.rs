@@ -10,6 +10,10 @@
 //! [cri]                                 # rcd::cri::CriConfig, see its docs
 //! cni_conf_dir = "/etc/cni/net.d"
 //!
+//! [networks]                          # rnerd's named networks, rcd::netmgr::NetworksConfig
+//! pool = "10.4.0.0/16"                  # split into /24s
+//! bridge_prefix = "rn-"                 # bridge devices: prefix + the network id's start
+//!
 //! [registries."registry.k8s.io"]        # rcd::pull::RegistryConfig, see its docs
 //! [[registries."registry.k8s.io".mirrors]]
 //! url = "http://127.0.0.1:5000"
@@ -40,6 +44,8 @@ pub struct Config {
     pub registries: BTreeMap<String, HostConfig>,
     /// The CRI service (`[cri]`).
     pub cri: crate::cri::CriConfig,
+    /// rnerd's named networks (`[networks]`).
+    pub networks: crate::netmgr::NetworksConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +91,7 @@ pub struct Settings {
     pub registry: RegistryConfig,
     pub shim: PathBuf,
     pub cri: crate::cri::CriConfig,
+    pub networks: crate::netmgr::NetworksConfig,
 }
 
 /// The shim rcd runs tasks under when none is configured: rshim

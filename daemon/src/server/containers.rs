@@ -32,6 +32,8 @@ pub struct Runtime {
     /// The shim binary tasks run under.
     pub shim: PathBuf,
     pub started_at: DateTime<Utc>,
+    /// rnerd's networks and volumes.
+    pub net: Arc<crate::netmgr::NetManager>,
 }
 
 /// containerd's rule for container ids: they name directories (bundles, cgroups).
@@ -440,6 +442,7 @@ pub(super) async fn remove_stale_tasks(rt: Arc<Runtime>) {
         if let Err(e) = rt.tasks.delete(&t.namespace, &t.id).await {
             warn!(namespace = %t.namespace, id = %t.id, "removing a stale task: {e}");
         }
+        crate::netmgr::task::teardown(&rt, &t.namespace, &t.id).await;
     }
 }
 
@@ -475,8 +478,28 @@ impl pb::containers_server::Containers for ContainersService {
         }
         let image = find_image(&d.md, &ns, &req.image)?;
         let (cfg, top) = image_parts(d, &ns, &image).await?;
-        let labels: Labels = req.labels.clone().into_iter().collect();
-        let creq = container_request(&ns, &req.id, &req.options.unwrap_or_default(), &labels)?;
+        let mut labels: Labels = req.labels.clone().into_iter().collect();
+        let opts = req.options.unwrap_or_default();
+        // rnerd's network and volume options: labels, and mounts for the spec
+        let net = crate::netmgr::create::translate(&rt.net, &ns, &opts, &mut labels, |c| {
+            crate::netmgr::task::find_container(&d.md, &ns, c).is_some()
+        })
+        .map_err(crate::netmgr::task::net_status)?;
+        let creq = container_request(&ns, &req.id, &opts, &labels).map(|mut r| {
+            r.mounts.extend(net.mounts.iter().cloned());
+            if net.host_network {
+                r.namespaces.network = NamespaceMode::Host;
+                r.namespaces.uts = NamespaceMode::Host;
+            }
+            r
+        });
+        let creq = match creq {
+            Ok(r) => r,
+            Err(e) => {
+                crate::netmgr::create::undo(&rt.net, &ns, &net);
+                return Err(e);
+            }
+        };
         let snapshotter = d.snapshotter.clone();
         let md = d.md.clone();
         // The scratch dir marks a create in progress: a daemon killed half-way leaves it,
@@ -525,7 +548,14 @@ impl pb::containers_server::Containers for ContainersService {
             let _ = std::fs::remove_dir(&scratch);
             made
         })
-        .await?;
+        .await;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                crate::netmgr::create::undo(&rt.net, &ns, &net);
+                return Err(e);
+            }
+        };
         info!(namespace = %ns, id = %rec.id, image = %rec.image, "container created");
         rt.events.publish(
             &ns,
@@ -642,6 +672,7 @@ impl pb::containers_server::Containers for ContainersService {
         let md = rt.d.md.clone();
         let ns_ = ns.clone();
         let keep = req.keep_snapshot;
+        let volumes = crate::netmgr::volumes::mounts_of(&c.labels);
         blocking(move || {
             if let (Some(key), false) = (&c.snapshot_key, keep) {
                 match snapshotter.remove(&ns_, key) {
@@ -653,6 +684,9 @@ impl pb::containers_server::Containers for ContainersService {
                 .map_err(metadata_status)
         })
         .await?;
+        if req.remove_volumes {
+            super::volumes::remove_anonymous(rt, &ns, &volumes).await;
+        }
         info!(namespace = %ns, id = %req.id, keep_snapshot = keep, "container deleted");
         rt.events
             .publish(&ns, "/containers/delete", &[("id", req.id.clone())]);

@@ -21,9 +21,11 @@ mod events;
 pub(crate) mod images;
 mod leases;
 mod namespaces;
+mod networks;
 pub(crate) mod service;
 mod snapshots;
 pub(crate) mod tasks;
+pub(crate) mod volumes;
 
 pub use config::{Config, Settings};
 
@@ -34,7 +36,7 @@ use crate::snapshot::Snapshotter;
 use rcd_proto::v1::{
     containers_server::ContainersServer, events_server::EventsServer,
     introspection_server::IntrospectionServer, namespaces_server::NamespacesServer,
-    tasks_server::TasksServer,
+    networks_server::NetworksServer, tasks_server::TasksServer, volumes_server::VolumesServer,
 };
 use rcd_proto::v1::{
     content_server::ContentServer, images_server::ImagesServer, leases_server::LeasesServer,
@@ -69,6 +71,8 @@ pub enum ServeError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Task(#[from] crate::task::TaskError),
+    #[error("networks: {0}")]
+    Net(#[from] crate::netmgr::NetError),
     #[error("cri: {0}")]
     Cri(#[from] crate::cri::CriError),
     #[error("serving gRPC: {0}")]
@@ -230,12 +234,19 @@ pub async fn serve(
         puller,
         pullers: Default::default(),
     });
+    let net = Arc::new(crate::netmgr::NetManager::new(
+        &daemon.settings.root,
+        &daemon.settings.state,
+        &daemon.settings.networks,
+        daemon.settings.cri.cni_bin_dirs.clone(),
+    )?);
     let runtime = Arc::new(containers::Runtime {
         d: daemon.clone(),
         tasks: tasks.clone(),
         events: event_hub.clone(),
         shim: daemon.settings.shim.clone(),
         started_at: chrono::Utc::now(),
+        net,
     });
     {
         let d = daemon.clone();
@@ -281,6 +292,10 @@ pub async fn serve(
             runtime.clone(),
         )))
         .add_service(TasksServer::new(tasks::TasksService(runtime.clone())))
+        .add_service(NetworksServer::new(networks::NetworksService(
+            runtime.clone(),
+        )))
+        .add_service(VolumesServer::new(volumes::VolumesService(runtime.clone())))
         .add_service(cri_runtime)
         .add_service(cri_images)
         .add_service(NamespacesServer::new(namespaces::NamespacesService(

@@ -120,19 +120,18 @@ pub(crate) async fn create_task(
             )))
         }
     };
-    let (pid, _io) = rt
+    let spec = crate::netmgr::task::setup(rt, ns, c).await?;
+    let created = rt
         .tasks
-        .create(
-            ns,
-            &c.id,
-            CreateOptions {
-                spec: c.spec.clone(),
-                rootfs,
-                io,
-            },
-        )
-        .await
-        .map_err(task_status)?;
+        .create(ns, &c.id, CreateOptions { spec, rootfs, io })
+        .await;
+    let (pid, _io) = match created {
+        Ok(p) => p,
+        Err(e) => {
+            crate::netmgr::task::teardown(rt, ns, &c.id).await;
+            return Err(task_status(e));
+        }
+    };
     Ok(pid)
 }
 
@@ -143,7 +142,9 @@ pub(crate) async fn delete_task(
     ns: &str,
     id: &str,
 ) -> Result<crate::task::Exit, Status> {
-    rt.tasks.delete(ns, id).await.map_err(task_status)
+    let exit = rt.tasks.delete(ns, id).await.map_err(task_status)?;
+    crate::netmgr::task::teardown(rt, ns, id).await;
+    Ok(exit)
 }
 
 pub struct TasksService(pub Arc<Runtime>);

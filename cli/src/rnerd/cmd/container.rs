@@ -225,26 +225,42 @@ pub async fn rm(ctx: &Ctx, a: RmArgs) -> Result<()> {
         let shown = shown(&names, &c);
         async move {
             let s = state(ctx, &c).await?;
-            if s.running() {
-                if !a.force {
-                    bail!(
-                        "container {} is running: stop it first, or rm -f",
-                        name_of(&c)
-                    );
-                }
-                // no restart after this
+            if s.running() && !a.force {
+                bail!(
+                    "container {} is running: stop it first, or rm -f",
+                    name_of(&c)
+                );
+            }
+            // the restart monitor must not bring it back between the task's delete and the
+            // container's (a stopped one may be waiting out its backoff)
+            if c.labels
+                .get(labels::RESTART)
+                .is_some_and(|r| !r.is_empty() && r != "no")
+                || s.running()
+            {
                 set_labels(ctx, &c.id, &[(labels::EXPLICITLY_STOPPED, "true")]).await?;
             }
-            delete_task(ctx, &c.id, true).await?;
-            ctx.client
-                .containers()
-                .delete(pb::DeleteContainerRequest {
-                    id: c.id.clone(),
-                    keep_snapshot: false,
-                    remove_volumes: a.volumes,
-                })
-                .await
-                .map_err(ctx.st())?;
+            let mut tries = 0;
+            loop {
+                delete_task(ctx, &c.id, true).await?;
+                match ctx
+                    .client
+                    .containers()
+                    .delete(pb::DeleteContainerRequest {
+                        id: c.id.clone(),
+                        keep_snapshot: false,
+                        remove_volumes: a.volumes,
+                    })
+                    .await
+                {
+                    Ok(_) => break,
+                    // a restart made a new task in between: once more
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition && tries < 3 => {
+                        tries += 1
+                    }
+                    Err(s) => return Err(ctx.st()(s)),
+                }
+            }
             println!("{shown}");
             Ok(())
         }

@@ -99,6 +99,7 @@ pub async fn pull(
     quiet: bool,
     to_stderr: bool,
 ) -> Result<pb::Image> {
+    let creds = super::images2::credentials_for(reference);
     let mut stream = ctx
         .client
         .images()
@@ -106,8 +107,8 @@ pub async fn pull(
             reference: reference.to_owned(),
             platform: platform.unwrap_or_default(),
             plain_http: ctx.plain_http(reference),
-            username: String::new(),
-            password: String::new(),
+            username: creds.0,
+            password: creds.1,
             no_unpack: false,
         })
         .await

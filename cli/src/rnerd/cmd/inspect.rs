@@ -127,7 +127,7 @@ pub fn container_json(c: &pb::Container, s: &State) -> Value {
     })
 }
 
-async fn image_json(ctx: &Ctx, name: &str) -> Result<Option<Value>> {
+pub async fn image_json(ctx: &Ctx, name: &str) -> Result<Option<Value>> {
     let r = match ctx
         .client
         .images()

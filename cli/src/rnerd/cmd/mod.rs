@@ -1,11 +1,16 @@
 //! rnerd's commands, one module each (flags are in `super::args`), and what they share:
 //! finding containers and telling their state.
 
+pub mod commit;
 pub mod container;
+pub mod cp;
 pub mod exec;
 pub mod images;
+pub mod images2;
+pub mod info;
 pub mod inspect;
 pub mod logs;
+pub mod network;
 pub mod ps;
 pub mod run;
 pub mod stats;
@@ -40,9 +45,29 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Top { container } => container::top(ctx, &container).await,
         Command::Stats(a) => stats::stats(ctx, a).await,
         Command::Attach { container } => container::attach(ctx, &container).await,
+        Command::Cp { src, dst } => cp::cp(ctx, &src, &dst).await,
+        Command::Commit {
+            message,
+            author,
+            pause,
+            container,
+            image,
+        } => commit::commit(ctx, &container, &image, message, author, pause).await,
         Command::Pull(a) => images::pull_cmd(ctx, a).await,
         Command::Images(a) => images::images(ctx, a).await,
         Command::Rmi(a) => images::rmi(ctx, a).await,
+        Command::Push(a) => images2::push(ctx, a).await,
+        Command::Tag { source, target } => images2::tag(ctx, &source, &target).await,
+        Command::Save(a) => images2::save(ctx, a).await,
+        Command::Load(a) => images2::load(ctx, a).await,
+        Command::Image(c) => images2::image(ctx, c).await,
+        Command::Login(_) | Command::Logout { .. } => unreachable!("handled before connecting"),
+        Command::Network(c) => network::network(ctx, c).await,
+        Command::Volume(c) => network::volume(ctx, c).await,
+        Command::System(c) => network::system(ctx, c).await,
+        Command::Events { filter, format } => network::events(ctx, filter, format).await,
+        Command::Version => info::version(ctx).await,
+        Command::Info => info::info(ctx).await,
         Command::Compose(a) => crate::compose::main(ctx, *a).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
     }

@@ -436,7 +436,19 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
             Err(start_error(ctx, tonic::Status::unknown(msg)))
         }
     };
-    let _ = delete_task(ctx, &id, true).await;
+    if a.rm {
+        // nothing to record about a container that goes
+        let _ = ctx
+            .client
+            .tasks()
+            .delete(pb::DeleteTaskRequest {
+                container_id: id.clone(),
+                force: true,
+            })
+            .await;
+    } else {
+        let _ = delete_task(ctx, &id, true).await;
+    }
     if let Err(e) = &status {
         if !a.rm {
             record_failure(ctx, &id, e).await;
