@@ -2,6 +2,7 @@
 
 mod driver;
 mod pull;
+mod rnerd;
 mod runtime;
 mod shim;
 mod stats;
@@ -33,6 +34,8 @@ enum Cmd {
     /// Containers and tasks: rcd + rctr + rshim vs containerd + ctr (run --rm, detached
     /// starts, daemon and shim memory).
     Tasks(tasks::TasksArgs),
+    /// `rnerd run --rm` vs `ctr run --rm` (containerd) vs `runr run` (the floor).
+    Rnerd(rnerd::RnerdArgs),
     /// Internal: one rcd pull + unpack + record into an empty root (measured by `pull`).
     #[command(name = "__pull-child", hide = true)]
     PullChild(pull::PullChildArgs),
@@ -51,6 +54,7 @@ fn main() {
         Cmd::PullChild(a) => pull::child_main(a),
         Cmd::Shim(a) => shim::main(a),
         Cmd::Tasks(a) => tasks::main(a),
+        Cmd::Rnerd(a) => rnerd::main(a),
     };
     if let Err(e) = r {
         eprintln!("rbench: error: {e:#}");

@@ -34,25 +34,34 @@ pub struct TasksArgs {
 }
 
 fn bin_dir(a: &TasksArgs) -> Result<PathBuf> {
-    if let Some(d) = &a.bin_dir {
-        return Ok(d.clone());
+    bin_dir_with(
+        a.bin_dir.as_deref(),
+        &["rcd", "rctr", "containerd-shim-runr-v2", "runr"],
+    )
+}
+
+/// `given`, else target/release next to rbench if it has all of `bins`, else target/debug
+/// (with a warning).
+pub(crate) fn bin_dir_with(given: Option<&Path>, bins: &[&str]) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d.to_owned());
     }
     let exe = std::env::current_exe()?;
     let own = exe.parent().context("rbench has no directory")?.to_owned();
     let target = own.parent().context("no target dir")?.to_owned();
     for profile in ["release", "debug"] {
         let d = target.join(profile);
-        if ["rcd", "rctr", "containerd-shim-runr-v2", "runr"]
-            .iter()
-            .all(|b| d.join(b).is_file())
-        {
+        if bins.iter().all(|b| d.join(b).is_file()) {
             if profile == "debug" {
                 eprintln!("rbench: warning: measuring debug builds (cargo build --release first)");
             }
             return Ok(d);
         }
     }
-    bail!("rcd, rctr, containerd-shim-runr-v2 and runr not all built in target/release or target/debug")
+    bail!(
+        "{} not all built in target/release or target/debug",
+        bins.join(", ")
+    )
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -80,16 +89,16 @@ fn rss_pss_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// A private rcd with busybox pulled.
-struct Rcd {
+pub(crate) struct Rcd {
     child: Child,
     dir: tempfile::TempDir,
     bin: PathBuf,
-    image: String,
+    pub(crate) image: String,
     _registry: Registry,
 }
 
 impl Rcd {
-    fn start(bin: &Path) -> Result<Rcd> {
+    pub(crate) fn start(bin: &Path) -> Result<Rcd> {
         let registry = Registry::start()?;
         registry.push(busybox_image(), "library/busybox", "latest")?;
         let image = registry.image_ref("library/busybox", "latest");
@@ -125,7 +134,7 @@ impl Rcd {
         Ok(rcd)
     }
 
-    fn address(&self) -> PathBuf {
+    pub(crate) fn address(&self) -> PathBuf {
         self.dir.path().join("rcd.sock")
     }
 
@@ -181,7 +190,7 @@ fn path_with(bin: &Path) -> String {
     )
 }
 
-fn timed(mut cmd: Command) -> Result<Duration> {
+pub(crate) fn timed(mut cmd: Command) -> Result<Duration> {
     let t = Instant::now();
     let out = cmd.output()?;
     let d = t.elapsed();

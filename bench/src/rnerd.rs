@@ -1,0 +1,147 @@
+//! `rnerd run --rm busybox true` next to `ctr run --rm` on Debian's containerd 1.6 and
+//! `runr run` of a busybox bundle (the floor: the runtime alone, no daemon, no image), in one
+//! interleaved run. rnerd is timed twice: on its default `bridge` network (a CNI ADD and DEL
+//! per run, as docker's default) and with `--network none` (as ctr's and runr's private
+//! network namespace).
+
+use crate::stats::{round3, Summary};
+use crate::tasks::{bin_dir_with, timed, Rcd};
+use anyhow::{ensure, Result};
+use clap::Args;
+use rtest::containerd::Containerd;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[derive(Args)]
+pub struct RnerdArgs {
+    /// Timed runs per tool (after 2 warm-up runs each)
+    #[arg(long, default_value_t = 11)]
+    runs: usize,
+    /// Directory of rcd, rnerd, containerd-shim-runr-v2 and runr (default: target/release
+    /// next to rbench, else target/debug with a warning)
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(a: RnerdArgs) -> Result<()> {
+    ensure!(a.runs > 0, "--runs must be at least 1");
+    let bin = bin_dir_with(
+        a.bin_dir.as_deref(),
+        &["rcd", "rnerd", "containerd-shim-runr-v2", "runr"],
+    )?;
+    let rcd = Rcd::start(&bin)?;
+    let ctd = Containerd::start("", &[])?;
+    ctd.import(rtest::busybox_oci_archive(), None)?;
+    let bundle_id = rtest::unique_id("rbench-rnerd");
+    let bundle = rtest::Bundle::busybox(&bundle_id, &["/bin/true"])?;
+    let runr_root = tempfile::Builder::new().prefix("rbench-runr-").tempdir()?;
+
+    let rnerd = |extra: &[&str]| {
+        let mut cmd = Command::new(bin.join("rnerd"));
+        cmd.arg("--address")
+            .arg(rcd.address())
+            .arg("run")
+            .arg("--rm")
+            .args(extra)
+            .arg(&rcd.image)
+            .arg("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let (mut bridge, mut none, mut ctr, mut runr) = (vec![], vec![], vec![], vec![]);
+    for i in 0..a.runs + 2 {
+        let b = timed(rnerd(&[]))?;
+        let n = timed(rnerd(&["--network", "none"]))?;
+        let cid = ctd.container_id("rn");
+        let cg = ctd.cgroup_for(&cid);
+        let (_, ctr_bin) = Containerd::binaries()?;
+        let mut c = Command::new(ctr_bin);
+        c.arg("--address")
+            .arg(ctd.address())
+            .arg("--namespace")
+            .arg(ctd.namespace())
+            .args([
+                "run",
+                "--rm",
+                "--cgroup",
+                &cg,
+                rtest::BUSYBOX_NAME,
+                &cid,
+                "/bin/true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let c = timed(c)?;
+        let mut r = Command::new(bin.join("runr"));
+        r.arg("--root")
+            .arg(runr_root.path())
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(format!("{bundle_id}-{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let r = timed(r)?;
+        if i >= 2 {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            bridge.push(ms(b));
+            none.push(ms(n));
+            ctr.push(ms(c));
+            runr.push(ms(r));
+        }
+    }
+    let left = ctd.stop()?;
+    ensure!(left.is_empty(), "containerd left {left:?}");
+    let s = |v: &[f64]| Summary::of(v.iter().copied());
+    let (b, n, c, r) = (s(&bridge), s(&none), s(&ctr), s(&runr));
+    if a.json {
+        let v = json!({
+            "binaries": bin.display().to_string(),
+            "runs": a.runs,
+            "rnerd_bridge_ms": b.to_json(),
+            "rnerd_none_ms": n.to_json(),
+            "ctr_ms": c.to_json(),
+            "runr_ms": r.to_json(),
+            "ratios": {
+                "rnerd_bridge/runr": round3(b.median / r.median),
+                "rnerd_none/runr": round3(n.median / r.median),
+                "rnerd_bridge/ctr": round3(b.median / c.median),
+                "rnerd_none/ctr": round3(n.median / c.median),
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "rbench rnerd: `run --rm busybox /bin/true`, {} timed runs each, interleaved ({})",
+        a.runs,
+        bin.display()
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "", "median", "p10", "p90", "/runr", "/ctr"
+    );
+    let row = |name: &str, x: &Summary| {
+        println!(
+            "{name:<34} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>10.2}",
+            x.median,
+            x.p10,
+            x.p90,
+            x.median / r.median,
+            x.median / c.median
+        );
+    };
+    row("rnerd run --rm (bridge network)", &b);
+    row("rnerd run --rm --network none", &n);
+    row("ctr run --rm (containerd 1.6)", &c);
+    row("runr run (bundle; the floor)", &r);
+    println!("targets: rnerd within 2x of runr, under 1/3 of ctr");
+    Ok(())
+}
