@@ -21,8 +21,55 @@ fn sibling(name: &str) -> PathBuf {
     p
 }
 
+/// Test `n`'s network pool (10.<200+n>.0.0/16) and bridge prefix (`rc<nn>-`): tests run in
+/// parallel, each with an rcd of its own, and must not share bridges or subnets.
+fn pool_prefix(n: u8) -> String {
+    format!("10.{}.", 200 + n)
+}
+
+fn bridge_prefix(n: u8) -> String {
+    format!("rc{n:02}-")
+}
+
+/// Test `n`'s bridges.
+fn bridges(n: u8) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|name| name.starts_with(&bridge_prefix(n)))
+        .collect()
+}
+
+/// Removes test `n`'s bridges and the iptables rules naming its pool (what a killed run left).
+fn purge_host(n: u8) {
+    for b in bridges(n) {
+        let _ = Command::new("ip").args(["link", "del", &b]).status();
+    }
+    for table in ["nat", "filter"] {
+        let out = Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 /// A daemon of the test's own and a project directory.
 struct Env {
+    n: u8,
     rcd: Option<Child>,
     address: PathBuf,
     image: String,
@@ -33,7 +80,8 @@ struct Env {
     _reg: Registry,
 }
 
-fn env(project: &str) -> Env {
+fn env(project: &str, n: u8) -> Env {
+    purge_host(n);
     let reg = Registry::start().unwrap();
     reg.push(busybox_image(), "library/busybox", "latest")
         .unwrap();
@@ -47,8 +95,10 @@ fn env(project: &str) -> Env {
     std::fs::write(
         &config,
         format!(
-            "log_level = \"debug\"\nshim = {:?}\n",
-            shim.display().to_string()
+            "log_level = \"debug\"\nshim = {:?}\n\n[networks]\npool = \"{}0.0/16\"\nbridge_prefix = {:?}\n",
+            shim.display().to_string(),
+            pool_prefix(n),
+            bridge_prefix(n),
         ),
     )
     .unwrap();
@@ -81,6 +131,7 @@ fn env(project: &str) -> Env {
     }
     std::fs::create_dir(dir.path().join("proj")).unwrap();
     Env {
+        n,
         rcd: Some(child),
         address,
         image,
@@ -280,6 +331,7 @@ impl Drop for Env {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            purge_host(self.n);
         }
     }
 }
@@ -317,7 +369,7 @@ services:
 
 #[test]
 fn up_ps_logs_down_two_services() {
-    let e = env("two");
+    let e = env("two", 1);
     e.write(TWO);
     let (_, err) = e.ok(&["up", "-d"]);
     assert_eq!(
@@ -379,6 +431,7 @@ fn up_ps_logs_down_two_services() {
     );
     assert!(e.containers().is_empty(), "{:?}", e.containers());
     assert!(!e.networks().contains(&"two_default".to_owned()));
+    assert_eq!(bridges(e.n), Vec::<String>::new());
     // down again: nothing to do
     let (_, err) = e.ok(&["down"]);
     assert!(progress(&err, "Removed").is_empty(), "{err}");
@@ -386,7 +439,7 @@ fn up_ps_logs_down_two_services() {
 
 #[test]
 fn depends_on_order_recreate_and_restart() {
-    let e = env("order");
+    let e = env("order", 2);
     let file = r#"
 services:
   c: {image: IMAGE, command: sleep 300, depends_on: [b]}
@@ -443,7 +496,7 @@ services:
 
 #[test]
 fn bad_files_are_clear_errors() {
-    let e = env("bad");
+    let e = env("bad", 3);
     // no file at all
     let err = e.fails(&["up", "-d"]);
     assert!(err.contains("no compose file found in"), "{err}");
@@ -520,7 +573,9 @@ fn volumes(e: &Env) -> Vec<String> {
 
 fn http_get(port: u16) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    // A SYN that meets the port before its forwarding is set up can hang for minutes.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -530,7 +585,7 @@ fn http_get(port: u16) -> Option<String> {
 
 #[test]
 fn attached_up_volumes_ports_and_env() {
-    let e = env("vol");
+    let e = env("vol", 4);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -583,9 +638,23 @@ volumes:
     );
     let (_, err) = e.ok(&["up", "-d", "--remove-orphans"]);
     assert_eq!(progress(&err, "Removed"), ["vol-writer-1"], "{err}");
-    wait_for("web on the published port", Duration::from_secs(20), || {
-        http_get(port).is_some_and(|r| r.ends_with("dotenv\n"))
-    });
+    let t0 = Instant::now();
+    let mut last = None;
+    while t0.elapsed() < Duration::from_secs(20) {
+        last = http_get(port);
+        if last.as_ref().is_some_and(|r| r.ends_with("dotenv\n")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !last.as_ref().is_some_and(|r| r.ends_with("dotenv\n")) {
+        panic!(
+            "web not reachable on 127.0.0.1:{port}: {last:?}\nps: {}\nlogs: {}\nrcd log:\n{}",
+            e.ok(&["ps", "-a"]).0,
+            e.ok(&["logs"]).0,
+            e.rcd_log()
+        );
+    }
     let (ps, _) = e.ok(&["ps"]);
     assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
 
@@ -638,7 +707,7 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> Vec<String> 
 
 #[test]
 fn logs_follow_and_ctrl_c_of_attached_up() {
-    let e = env("att");
+    let e = env("att", 5);
     e.write(
         r#"
 services:
