@@ -145,6 +145,7 @@ impl Exec {
             .filter(|c| selected.contains(&c.service))
             .collect();
         let mut images: Vec<&str> = todo.iter().map(|c| c.image.as_str()).collect();
+        images.sort_unstable();
         images.dedup();
         for image in images {
             self.ensure_image(image).await?;
