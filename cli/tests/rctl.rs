@@ -139,7 +139,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn pod_config(env: &Env, cri: &CriConfig, name: &str) -> PathBuf {
+fn pod_config(env: &Env, t: &Target, name: &str) -> PathBuf {
     let logs = env.dir.path().join(format!("logs-{name}"));
     std::fs::create_dir_all(&logs).unwrap();
     // Both spellings crictl accepts: snake_case fields and camelCase ones.
@@ -149,7 +149,7 @@ fn pod_config(env: &Env, cri: &CriConfig, name: &str) -> PathBuf {
             "metadata": {"name": name, "namespace": "rtest", "uid": format!("uid-{name}"), "attempt": 1},
             "log_directory": logs,
             "labels": {"app": name},
-            "linux": {"cgroupParent": cri.cgroup_parent},
+            "linux": {"cgroupParent": t.cgroup_parent},
         }),
     )
 }
@@ -178,7 +178,30 @@ fn rctl_against_containerd_cri() {
         dir: tempfile::tempdir().unwrap(),
     };
     std::fs::write(env.dir.path().join("crictl.yaml"), "").unwrap();
+    let target = Target {
+        rcd: false,
+        cgroup_parent: cri.cgroup_parent.clone(),
+        subnet: cri.subnet.clone(),
+    };
+    suite(&env, &target, &busybox, &private);
 
+    let left = ctd.stop().unwrap();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+    eprintln!("rctl suite took {:?}", t0.elapsed());
+}
+
+/// What differs between the runtimes under test.
+struct Target {
+    /// rcd (else containerd 1.6).
+    rcd: bool,
+    cgroup_parent: String,
+    subnet: String,
+}
+
+/// crictl's commands end to end against one CRI runtime: `busybox` pullable, `private` a
+/// registry with htpasswd `rctl:s3cret` holding `rtest/private:v1`.
+fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
+    let busybox = busybox.to_owned();
     // version / info
     let v = env.ok(&["version"]);
     assert!(v.contains("RuntimeName:  containerd"), "{v}");
@@ -243,7 +266,7 @@ fn rctl_against_containerd_cri() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode("rctl:s3cret")
     };
-    let for_pod = pod_config(&env, &cri, "puller");
+    let for_pod = pod_config(env, t, "puller");
     env.ok(&[
         "pull",
         "--auth",
@@ -257,7 +280,7 @@ fn rctl_against_containerd_cri() {
     assert!(yaml.contains("repoTags:"), "{yaml}");
 
     // pods
-    let pod_cfg = pod_config(&env, &cri, "web");
+    let pod_cfg = pod_config(env, t, "web");
     let pod = env
         .ok(&["runp", pod_cfg.to_str().unwrap()])
         .trim()
@@ -279,11 +302,11 @@ fn rctl_against_containerd_cri() {
     assert_eq!(pj["items"][0]["state"], "SANDBOX_READY", "{pj}");
     let ip = env.json(&["inspectp", &pod]);
     let pod_ip = ip["status"]["network"]["ip"].as_str().unwrap().to_owned();
-    let prefix = cri.subnet.rsplit_once('.').unwrap().0;
+    let prefix = t.subnet.rsplit_once('.').unwrap().0;
     assert!(
         pod_ip.starts_with(prefix),
         "pod ip {pod_ip} outside {}",
-        cri.subnet
+        t.subnet
     );
 
     // containers
@@ -637,7 +660,7 @@ fn rctl_against_containerd_cri() {
     assert!(rmi.contains("Deleted"), "{rmi}");
 
     // run = runp + create + start; rm -f / rmp -f -a clean it all
-    let run_pod = pod_config(&env, &cri, "runner");
+    let run_pod = pod_config(env, t, "runner");
     let sleeper = env.write(
         "ctr-sleep.json",
         &serde_json::json!({"metadata": {"name": "sleeper"}, "image": {"image": busybox}, "command": ["sleep", "60"]}),
@@ -650,10 +673,6 @@ fn rctl_against_containerd_cri() {
     env.ok(&["rm", "-f", "-a"]);
     env.ok(&["rmp", "-f", "-a"]);
     assert_eq!(env.ok(&["pods", "-q"]).trim(), "");
-
-    let left = ctd.stop().unwrap();
-    assert!(left.is_empty(), "leftovers: {left:?}");
-    eprintln!("rctl suite took {:?}", t0.elapsed());
 }
 
 #[test]
@@ -813,6 +832,11 @@ fn rctl_containerd_timings() {
         dir: tempfile::tempdir().unwrap(),
     };
     std::fs::write(env.dir.path().join("crictl.yaml"), "").unwrap();
+    let target = Target {
+        rcd: false,
+        cgroup_parent: cri.cgroup_parent.clone(),
+        subnet: cri.subnet.clone(),
+    };
     let timed = |args: &[&str]| {
         let t = Instant::now();
         let out = env.ok(args);
@@ -826,7 +850,7 @@ fn rctl_containerd_timings() {
     );
     let mut starts = vec![];
     for i in 0..PODS {
-        let pod_cfg = pod_config(&env, &cri, &format!("bench{i}"));
+        let pod_cfg = pod_config(&env, &target, &format!("bench{i}"));
         let t = Instant::now();
         let pod = env
             .ok(&["runp", pod_cfg.to_str().unwrap()])

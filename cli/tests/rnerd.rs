@@ -72,6 +72,57 @@ fn purge_host(n: u8) {
     }
 }
 
+/// rcd with its state under `dir`, up once its socket answers.
+fn spawn_rcd(config: &Path, dir: &Path, log: &Path) -> Child {
+    let state = dir.join("state");
+    let address = state.join("rcd.sock");
+    let mut cmd = Command::new(sibling("rcd"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--address")
+        .arg(&address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        );
+    let mut child = spawn_tied(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&address).is_err() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "rcd exited {st}:\n{}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "rcd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM, then SIGKILL after 5 s; reaped.
+fn stop_rcd(mut child: Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn env(n: u8) -> Env {
     purge_host(n);
     let reg = Registry::start().unwrap();
@@ -97,30 +148,7 @@ fn env(n: u8) -> Env {
     let state = dir.path().join("state");
     let address = state.join("rcd.sock");
     let log = dir.path().join("rcd.log");
-    let mut cmd = Command::new(sibling("rcd"));
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(&state)
-        .arg("--address")
-        .arg(&address)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = spawn_tied(cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&address).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "rcd exited {st}:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(Instant::now() < deadline, "rcd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = spawn_rcd(&config, dir.path(), &log);
     let e = Env {
         n,
         rcd: Some(child),
@@ -136,6 +164,13 @@ fn env(n: u8) -> Env {
 }
 
 impl Env {
+    /// Stops rcd (its tasks keep running under their shims) and starts it again.
+    fn restart_rcd(&mut self) {
+        stop_rcd(self.rcd.take().expect("rcd running"));
+        let config = self.dir.path().join("config.toml");
+        self.rcd = Some(spawn_rcd(&config, self.dir.path(), &self.log));
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(RNERD);
         cmd.arg("--address")
@@ -199,23 +234,14 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(mut child) = self.rcd.take() {
+        if let Some(child) = self.rcd.take() {
             // whatever a failed test left: removed with its tasks
             if let Ok(out) = self.cmd(&["ps", "-aq", "--no-trunc"]).output() {
                 for id in String::from_utf8_lossy(&out.stdout).lines() {
                     let _ = self.cmd(&["rm", "-f", id]).output();
                 }
             }
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            stop_rcd(child);
             purge_host(self.n);
         }
     }
@@ -483,6 +509,17 @@ fn bad_flags_and_unknown_names_exit_125() {
         ],
     );
     assert!(err.contains("not found") && err.contains("pull"), "{err}");
+    let missing = format!("{}/library/nope:1", e.registry);
+    let err = e.fails(125, &["run", "--rm", &missing, "true"]);
+    assert!(
+        err.contains("nope") && err.contains("check the name"),
+        "{err}"
+    );
+    let err = e.fails(125, &["pull", &missing]);
+    assert!(
+        err.contains("nope") && err.contains("check the name"),
+        "{err}"
+    );
     let err = e.fails(125, &["ps", "--filter", "colour=red"]);
     assert!(err.contains("invalid filter"), "{err}");
     let err = e.fails(125, &["rmi", "nope"]);
@@ -575,6 +612,13 @@ fn terminal_run_and_exec_it() {
     assert_eq!(code, Some(3), "{shown}");
     assert!(shown.contains("in-42"), "{shown}");
     e.ok(&["rm", "-f", "t"]);
+    // -dit keeps the terminal for attach
+    e.ok(&["run", "-dit", "--name", "it", &e.image, "sh"]);
+    let (code, shown) = on_pty(&e, &["attach", "it"], b"echo at-$((6*7))\nexit 4\n");
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(shown.contains("at-42"), "{shown}");
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.State}}"]), "exited\n");
+    e.ok(&["rm", "it"]);
     wait_for("rm", Duration::from_secs(5), || {
         e.ok(&["ps", "-aq"]).is_empty()
     });
@@ -707,6 +751,12 @@ fn events_df_and_system_prune() {
     let out = e.ok(&["system", "prune", "-f"]);
     assert!(out.contains("Deleted Containers:"), "{out}");
     assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]), "up\n");
+    // docker's container group
+    e.ok(&["container", "create", "--name", "c2", &e.image, "true"]);
+    assert_eq!(e.ok(&["container", "ls", "-a", "-q"]).lines().count(), 2);
+    let out = e.ok(&["container", "prune", "-f"]);
+    assert!(out.contains("Deleted Containers:"), "{out}");
+    assert_eq!(e.ok(&["container", "ls", "--format", "{{.Names}}"]), "up\n");
     e.ok(&["rm", "-f", "up"]);
 }
 
@@ -1051,4 +1101,223 @@ fn published_port_named_network_and_volumes() {
     e.ok(&["rm", "holder"]);
     assert_eq!(e.ok(&["volume", "rm", "data"]), "data\n");
     e.fails(125, &["volume", "inspect", "data"]);
+}
+
+#[test]
+fn logs_tail_timestamps_and_follow() {
+    let e = env(11);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "l",
+        &e.image,
+        "sh",
+        "-c",
+        "echo one; echo two >&2; sleep 0.5; echo three; sleep 300",
+    ]);
+    wait_for("the log", Duration::from_secs(10), || {
+        e.ok(&["logs", "l"]).contains("three")
+    });
+    let out = e.rnerd(&["logs", "l"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\nthree\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "two\n");
+    assert_eq!(e.ok(&["logs", "--tail", "1", "l"]), "three\n");
+    let t = e.ok(&["logs", "-t", "--tail", "1", "l"]);
+    let (time, line) = t.split_once(' ').unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok() && line == "three\n",
+        "{t}"
+    );
+    assert_eq!(
+        e.ok(&["logs", "--since", "1h", "--tail", "1", "l"]),
+        "three\n"
+    );
+    e.fails(125, &["logs", "--tail", "x", "l"]);
+    // a run attached to rnerd wrote to rnerd, not to the log
+    e.ok(&["run", "--name", "fg", &e.image, "echo", "attached"]);
+    assert_eq!(e.ok(&["logs", "fg"]), "");
+    e.ok(&["rm", "fg"]);
+    e.fails(125, &["logs", "--since", "yesterday", "l"]);
+    e.ok(&["rm", "-f", "l"]);
+    // -f follows new lines and ends when the container does
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "f",
+        &e.image,
+        "sh",
+        "-c",
+        "echo first; sleep 2; echo second",
+    ]);
+    let t = Instant::now();
+    let out = e.ok(&["logs", "-f", "f"]);
+    assert_eq!(out, "first\nsecond\n");
+    assert!(
+        t.elapsed() > Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // attach to a detached container: its output as it comes, its exit code
+    e.ok(&["rm", "f"]);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        &e.image,
+        "sh",
+        "-c",
+        "sleep 1; echo attached; exit 6",
+    ]);
+    let out = e.rnerd(&["attach", "a"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "attached\n");
+    e.ok(&["rm", "-f", "a"]);
+}
+
+fn restart_count(e: &Env, name: &str) -> u64 {
+    e.ok(&["inspect", "-f", "{{.RestartCount}}", name])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn restart_policies() {
+    let e = env(12);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "al",
+        "--restart",
+        "always",
+        &e.image,
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+    ]);
+    wait_for("two restarts", Duration::from_secs(20), || {
+        restart_count(&e, "al") >= 2
+    });
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "al"])).unwrap();
+    assert_eq!(v[0]["HostConfig"]["RestartPolicy"]["Name"], "always");
+    // a stop keeps it down
+    e.ok(&["stop", "-t", "1", "al"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "name=al"]), "");
+    assert!(e
+        .ok(&["ps", "-a", "--format", "{{.Status}}"])
+        .starts_with("Exited"));
+    e.ok(&["rm", "al"]);
+    // on-failure:2 gives up after two restarts
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "of",
+        "--restart",
+        "on-failure:2",
+        &e.image,
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    wait_for("two restarts", Duration::from_secs(20), || {
+        restart_count(&e, "of") == 2
+    });
+    wait_for("the end", Duration::from_secs(10), || {
+        e.ok(&["inspect", "-f", "{{.State.Status}}", "of"]) == "exited\n"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(restart_count(&e, "of"), 2);
+    e.ok(&["rm", "of"]);
+    // a clean exit is not a failure
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ok",
+        "--restart",
+        "on-failure",
+        &e.image,
+        "true",
+    ]);
+    e.ok(&["wait", "ok"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(restart_count(&e, "ok"), 0);
+    e.ok(&["rm", "ok"]);
+    // rm -f of an always container in its restart loop
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loop",
+        "--restart",
+        "always",
+        &e.image,
+        "true",
+    ]);
+    wait_for("a restart", Duration::from_secs(20), || {
+        restart_count(&e, "loop") >= 1
+    });
+    e.ok(&["rm", "-f", "loop"]);
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+}
+
+fn pid(e: &Env, name: &str) -> u32 {
+    e.ok(&["inspect", "-f", "{{.State.Pid}}", name])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn restart_policy_survives_an_rcd_restart() {
+    let mut e = env(13);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "keep",
+        "--restart",
+        "always",
+        &e.image,
+        "sleep",
+        "300",
+    ]);
+    e.ok(&["run", "-d", "--name", "plain", &e.image, "sleep", "300"]);
+    e.restart_rcd();
+    // both still run (their shims outlived rcd)
+    let names = e.ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(names.contains("keep") && names.contains("plain"), "{names}");
+    // killed while rcd is down: only the one with a policy comes back when rcd does
+    let (kp, pp) = (pid(&e, "keep"), pid(&e, "plain"));
+    stop_rcd(e.rcd.take().unwrap());
+    unsafe {
+        libc::kill(kp as i32, libc::SIGKILL);
+        libc::kill(pp as i32, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    e.rcd = Some(spawn_rcd(
+        &e.dir.path().join("config.toml"),
+        e.dir.path(),
+        &e.log,
+    ));
+    wait_for("keep to come back", Duration::from_secs(20), || {
+        e.ok(&["ps", "--format", "{{.Names}}"]) == "keep\n"
+    });
+    assert_ne!(pid(&e, "keep"), kp);
+    assert!(e
+        .ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=plain",
+            "--format",
+            "{{.Status}}"
+        ])
+        .starts_with("Exited (137)"));
+    e.ok(&["rm", "-f", "keep", "plain"]);
 }

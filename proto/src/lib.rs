@@ -58,10 +58,11 @@ pub mod labels {
     pub const VOLUMES: &str = "rcd.io/volumes";
     /// The restart policy as given (`always`, `on-failure:3`, ...).
     pub const RESTART: &str = "rcd.io/restart";
-    /// Set (to "true") by a client's stop: the restart monitor leaves the container alone
-    /// until a start clears it.
+    /// Set (to "true") by a client's stop, with Containers.Update before the kill: the restart
+    /// monitor leaves the container alone until a start clears it (rcd's Tasks.Create does).
     pub const EXPLICITLY_STOPPED: &str = "rcd.io/explicitly-stopped";
-    /// How many times the restart monitor restarted it.
+    /// How many times the restart monitor restarted it since the last client start
+    /// (Tasks.Create sets "0" on a container with a restart policy).
     pub const RESTART_COUNT: &str = "rcd.io/restart-count";
     /// "json-file" when rcd keeps its log.
     pub const LOG: &str = "rcd.io/log";

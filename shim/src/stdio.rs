@@ -435,7 +435,12 @@ pub fn start_tty_copy(
     held: &mut Held,
 ) -> Result<(), Error> {
     let input = open_input(stdin, true, held)?;
-    let output = open_output(stdout, "stdout", held)?;
+    // a terminal's one stream goes to the logger's stdout; its stderr pipe closes at once
+    let output = if stdout.starts_with("binary://") {
+        Some(start_logger(stdout, "", "")?.0)
+    } else {
+        open_output(stdout, "stdout", held)?
+    };
     let master = master
         .try_clone()
         .map_err(|e| Error::Io("pty master".into(), e))?;

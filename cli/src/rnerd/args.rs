@@ -136,6 +136,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Forget a registry's credentials
     Logout { server: Option<String> },
+    /// Manage containers (docker's `container ls|rm|prune|...`)
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Manage networks
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -658,4 +661,38 @@ pub enum SystemCommand {
     },
     /// Show what rcd holds and runs
     Info,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers
+    #[command(alias = "list", alias = "ps")]
+    Ls(PsArgs),
+    /// Create and run a container
+    Run(Box<RunArgs>),
+    /// Create a container
+    Create(Box<RunArgs>),
+    /// Start containers
+    Start(StartArgs),
+    /// Stop containers
+    Stop(StopArgs),
+    /// Restart containers
+    Restart(StopArgs),
+    /// Signal containers
+    Kill(KillArgs),
+    /// Remove containers
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+    /// Print a container's log
+    Logs(LogsArgs),
+    /// Run a command in a running container
+    Exec(ExecArgs),
+    /// Show containers as JSON
+    Inspect(InspectArgs),
+    /// Remove every stopped container
+    Prune {
+        /// Don't ask
+        #[arg(short, long)]
+        force: bool,
+    },
 }

@@ -104,7 +104,12 @@ pub fn main() -> ExitCode {
             use clap::error::ErrorKind;
             let code = match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => EXIT_ERROR,
+                // bare `rnerd`: the help, as docker
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    if std::env::args_os().len() == 1 =>
+                {
+                    0
+                }
                 _ => EXIT_ERROR,
             };
             let _ = e.print();

@@ -51,6 +51,12 @@ enum Sub {
         /// `<max line bytes>,<control dir>,<log path>`
         spec: String,
     },
+    /// What a shim runs as a container's `binary://` logger: docker's json-file lines
+    #[command(hide = true)]
+    JsonLogger {
+        /// `<control dir>,<log path>,<max bytes>,<files>`
+        spec: String,
+    },
 }
 
 /// `rcd --address A publish --topic T --namespace NS < event`: forwards the event to the
@@ -108,6 +114,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rcd cri-logger: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Sub::JsonLogger { spec }) = &cli.command {
+        return match rcd::server::logs::run_logger(spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rcd json-logger: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -34,6 +34,8 @@ pub struct Runtime {
     pub started_at: DateTime<Utc>,
     /// rnerd's networks and volumes.
     pub net: Arc<crate::netmgr::NetManager>,
+    /// The restart monitor's per-container state (`restart.rs`).
+    pub restarts: super::restart::Restarts,
 }
 
 /// containerd's rule for container ids: they name directories (bundles, cgroups).
@@ -258,6 +260,7 @@ fn container_request(
                     Status::invalid_argument(format!("memory limit {n} is too large"))
                 })?),
             },
+            pids_limit: (o.pids_limit > 0).then_some(o.pids_limit),
             ..Default::default()
         },
         ..Default::default()
@@ -480,6 +483,8 @@ impl pb::containers_server::Containers for ContainersService {
         let (cfg, top) = image_parts(d, &ns, &image).await?;
         let mut labels: Labels = req.labels.clone().into_iter().collect();
         let opts = req.options.unwrap_or_default();
+        super::restart::option_labels(&opts, &mut labels)?;
+        super::restart::image_stop_signal(&cfg, &mut labels);
         // rnerd's network and volume options: labels, and mounts for the spec
         let net = crate::netmgr::create::translate(&rt.net, &ns, &opts, &mut labels, |c| {
             crate::netmgr::task::find_container(&d.md, &ns, c).is_some()
@@ -637,9 +642,10 @@ impl pb::containers_server::Containers for ContainersService {
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "logs of container {:?}: rcd keeps no json-file logs yet",
-            req.get_ref().id
+        let ns = namespace(&req)?;
+        let rx = super::logs::logs(self.0.clone(), ns, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 
@@ -650,7 +656,12 @@ impl pb::containers_server::Containers for ContainersService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let rt = &self.0;
-        let c = get_container(&rt.d.md, &ns, &req.id)?;
+        // a pending restart either comes first or finds no container (restart.rs)
+        let lock = rt.restarts.lock(&ns, &req.id);
+        let _held = lock.lock().await;
+        let c = get_container(&rt.d.md, &ns, &req.id).inspect_err(|_| {
+            rt.restarts.forget(&ns, &req.id);
+        })?;
         if rt.tasks.list(Some(&ns)).iter().any(|t| t.id == c.id) {
             let running = match rt.tasks.state(&ns, &c.id, None).await {
                 Ok(s) => !matches!(s.status, crate::task::TaskStatus::Stopped),
@@ -687,6 +698,8 @@ impl pb::containers_server::Containers for ContainersService {
         if req.remove_volumes {
             super::volumes::remove_anonymous(rt, &ns, &volumes).await;
         }
+        rt.restarts.forget(&ns, &req.id);
+        super::logs::remove(rt, &ns, &req.id);
         info!(namespace = %ns, id = %req.id, keep_snapshot = keep, "container deleted");
         rt.events
             .publish(&ns, "/containers/delete", &[("id", req.id.clone())]);

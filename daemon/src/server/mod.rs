@@ -20,8 +20,10 @@ pub(crate) mod containers;
 mod events;
 pub(crate) mod images;
 mod leases;
+pub mod logs;
 mod namespaces;
 mod networks;
+mod restart;
 pub(crate) mod service;
 mod snapshots;
 pub(crate) mod tasks;
@@ -247,6 +249,7 @@ pub async fn serve(
         shim: daemon.settings.shim.clone(),
         started_at: chrono::Utc::now(),
         net,
+        restarts: Default::default(),
     });
     {
         let d = daemon.clone();
@@ -255,6 +258,7 @@ pub async fn serve(
             .expect("undoing interrupted creates");
     }
     tokio::spawn(containers::remove_stale_tasks(runtime.clone()));
+    restart::start(runtime.clone());
     let cri = crate::cri::Cri::start(daemon.clone(), tasks.clone()).await?;
     let (cri_runtime, cri_images) = cri.services();
     // One collection at start, as containerd's scheduler does: what a killed daemon left

@@ -120,6 +120,7 @@ pub(crate) async fn create_task(
             )))
         }
     };
+    let io = super::logs::task_io(rt, ns, c, io)?;
     let spec = crate::netmgr::task::setup(rt, ns, c).await?;
     let created = rt
         .tasks
@@ -160,6 +161,7 @@ impl pb::tasks_server::Tasks for TasksService {
         let rt = &self.0;
         let c = get_container(&rt.d.md, &ns, &req.container_id)?;
         let pid = create_task(rt, &ns, &c, io_config(req.stdio)).await?;
+        super::restart::client_start(rt, &ns, &c).await;
         info!(namespace = %ns, id = %c.id, pid, "task created");
         Ok(Response::new(pb::CreateTaskResponse { pid }))
     }

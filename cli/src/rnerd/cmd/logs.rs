@@ -53,6 +53,12 @@ fn logs_error(ctx: &Ctx, s: tonic::Status) -> anyhow::Error {
             "this rcd keeps no container logs (Containers.Logs is not implemented): update rcd"
         );
     }
+    if s.code() == tonic::Code::FailedPrecondition {
+        return anyhow!(
+            "{}: rcd keeps logs of containers made by rnerd (or with ContainerOptions.log)",
+            s.message()
+        );
+    }
     ctx.st()(s)
 }
 

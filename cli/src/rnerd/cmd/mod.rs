@@ -22,6 +22,27 @@ use anyhow::Result;
 use rcd_proto::v1 as pb;
 
 pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
+    use super::args::ContainerCommand as C;
+    let cmd = match cmd {
+        Command::Container(c) => match c {
+            C::Ls(a) => Command::Ps(a),
+            C::Run(a) => Command::Run(a),
+            C::Create(a) => Command::Create(a),
+            C::Start(a) => Command::Start(a),
+            C::Stop(a) => Command::Stop(a),
+            C::Restart(a) => Command::Restart(a),
+            C::Kill(a) => Command::Kill(a),
+            C::Rm(a) => Command::Rm(a),
+            C::Logs(a) => Command::Logs(a),
+            C::Exec(a) => Command::Exec(a),
+            C::Inspect(mut a) => {
+                a.kind = Some("container".into());
+                Command::Inspect(a)
+            }
+            C::Prune { force } => return network::container_prune(ctx, force).await,
+        },
+        c => c,
+    };
     match cmd {
         Command::Run(a) => run::run(ctx, *a, true).await,
         Command::Create(a) => run::run(ctx, *a, false).await,
@@ -70,6 +91,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Info => info::info(ctx).await,
         Command::Compose(a) => crate::compose::main(ctx, *a).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
+        Command::Container(_) => unreachable!("mapped above"),
     }
 }
 

@@ -411,41 +411,7 @@ pub async fn system(ctx: &Ctx, c: SystemCommand) -> Result<()> {
             if !confirm("stopped containers, unused networks and image data", force)? {
                 return Ok(());
             }
-            // stopped containers
-            let tasks: std::collections::HashMap<String, pb::Process> = ctx
-                .client
-                .tasks()
-                .list(pb::ListTasksRequest {})
-                .await
-                .map_err(ctx.st())?
-                .into_inner()
-                .tasks
-                .into_iter()
-                .map(|t| (t.id.clone(), t))
-                .collect();
-            let mut removed = Vec::new();
-            for c in super::list(ctx).await? {
-                if super::state_of(&c, tasks.get(&c.id)).running() {
-                    continue;
-                }
-                super::delete_task(ctx, &c.id, true).await?;
-                ctx.client
-                    .containers()
-                    .delete(pb::DeleteContainerRequest {
-                        id: c.id.clone(),
-                        keep_snapshot: false,
-                        remove_volumes: volumes,
-                    })
-                    .await
-                    .map_err(ctx.st())?;
-                removed.push(c.id);
-            }
-            if !removed.is_empty() {
-                println!("Deleted Containers:");
-                for r in &removed {
-                    println!("{r}");
-                }
-            }
+            container_prune(ctx, true).await?;
             // networks nothing is attached to (not "bridge")
             if let Ok(r) = ctx.client.networks().list(pb::ListNetworksRequest {}).await {
                 for n in r.into_inner().networks {
@@ -550,6 +516,55 @@ pub async fn events(ctx: &Ctx, filter: Vec<String>, format: Option<String>) -> R
                 e.timestamp,
                 attrs.join(", ")
             );
+        }
+    }
+    Ok(())
+}
+
+/// Removes every container that is not running (`container prune`, `system prune`).
+pub async fn container_prune(ctx: &Ctx, force: bool) -> Result<()> {
+    if !confirm("every stopped container", force)? {
+        return Ok(());
+    }
+    let tasks: std::collections::HashMap<String, pb::Process> = ctx
+        .client
+        .tasks()
+        .list(pb::ListTasksRequest {})
+        .await
+        .map_err(ctx.st())?
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| (t.id.clone(), t))
+        .collect();
+    let mut removed = Vec::new();
+    for c in super::list(ctx).await? {
+        if super::state_of(&c, tasks.get(&c.id)).running() {
+            continue;
+        }
+        // one rcd's restart monitor will start again is restarting, not stopped
+        let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or("");
+        if !matches!(label(rcd_proto::labels::RESTART), "" | "no")
+            && label(rcd_proto::labels::EXPLICITLY_STOPPED) != "true"
+        {
+            continue;
+        }
+        super::delete_task(ctx, &c.id, true).await?;
+        ctx.client
+            .containers()
+            .delete(pb::DeleteContainerRequest {
+                id: c.id.clone(),
+                keep_snapshot: false,
+                remove_volumes: false,
+            })
+            .await
+            .map_err(ctx.st())?;
+        removed.push(c.id);
+    }
+    if !removed.is_empty() {
+        println!("Deleted Containers:");
+        for r in &removed {
+            println!("{r}");
         }
     }
     Ok(())
