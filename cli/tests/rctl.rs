@@ -204,7 +204,8 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
     let busybox = busybox.to_owned();
     // version / info
     let v = env.ok(&["version"]);
-    assert!(v.contains("RuntimeName:  containerd"), "{v}");
+    let name = if t.rcd { "rcd" } else { "containerd" };
+    assert!(v.contains(&format!("RuntimeName:  {name}\n")), "{v}");
     assert!(v.contains("RuntimeApiVersion:  v1"), "{v}");
     let info = env.json(&["info"]);
     let conds = info["status"]["conditions"].as_array().unwrap();
@@ -214,8 +215,13 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
             .any(|c| c["type"] == "RuntimeReady" && c["status"] == true),
         "{info}"
     );
-    // containerd 1.6 has no RuntimeConfig RPC: a clear error, not a hang.
-    env.fails(&["runtime-config"], "does not implement");
+    if t.rcd {
+        let rc = env.ok(&["runtime-config"]);
+        assert!(rc.contains("cgroupfs") || rc.contains("CGROUPFS"), "{rc}");
+    } else {
+        // containerd 1.6 has no RuntimeConfig RPC: a clear error, not a hang.
+        env.fails(&["runtime-config"], "does not implement");
+    }
 
     // images
     let pulled = env.ok(&["pull", &busybox]);
@@ -511,18 +517,20 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
         );
     }
     drop(pf);
-    // containerd 1.6 has no SPDY-in-WebSocket tunnel: a clear refusal, not a hang.
-    let o = run_timeout(
-        env.cmd(&["port-forward", "--transport", "websocket", &pod, ":8080"]),
-        None,
-        Duration::from_secs(30),
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("refused port forwarding over websocket"),
-        "{err}"
-    );
+    if !t.rcd {
+        // containerd 1.6 has no SPDY-in-WebSocket tunnel: a clear refusal, not a hang.
+        let o = run_timeout(
+            env.cmd(&["port-forward", "--transport", "websocket", &pod, ":8080"]),
+            None,
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("refused port forwarding over websocket"),
+            "{err}"
+        );
+    }
     // A port nothing listens on: the local connection closes and the runtime's error is shown.
     let mut pf = KillOnDrop(
         env.cmd(&["port-forward", &pod, ":9999"])
@@ -576,15 +584,18 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
     );
     env.ok(&["update", "--memory", "64m", &cid]);
 
-    // events: containerd 1.6 does not stream them (or does; either way no hang)
-    let ev = run_timeout(env.cmd(&["events"]), None, Duration::from_secs(5 * 60));
-    // Debian's containerd 1.6 has no GetContainerEvents: a clear error naming the endpoint.
-    let err = String::from_utf8_lossy(&ev.stderr);
-    assert_eq!(ev.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("does not implement") && err.contains(&format!("{}", env.sock.display())),
-        "{err}"
-    );
+    if t.rcd {
+        events_stream(env, &pod, &pod_cfg, &busybox);
+    } else {
+        // Debian's containerd 1.6 has no GetContainerEvents: a clear error naming the endpoint.
+        let ev = run_timeout(env.cmd(&["events"]), None, Duration::from_secs(5 * 60));
+        let err = String::from_utf8_lossy(&ev.stderr);
+        assert_eq!(ev.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("does not implement") && err.contains(&format!("{}", env.sock.display())),
+            "{err}"
+        );
+    }
     assert!(
         String::from_utf8_lossy(&sp.stdout).contains("web"),
         "{sp:?}"
@@ -614,6 +625,19 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
             .trim()
             .to_owned();
         env.ok(&["start", &cat]);
+        if t.rcd {
+            // rcd sends container output to the log only: attach is refused, clearly
+            let o = run_timeout(
+                env.cmd(&["attach", "-i", "--transport", transport, &cat]),
+                None,
+                Duration::from_secs(30),
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{transport}: {err}");
+            assert!(err.contains("no attachable stdio"), "{transport}: {err}");
+            env.ok(&["rm", "-f", &cat]);
+            continue;
+        }
         // The container ends by itself once it has read a line: attach then ends too.
         let o = run_with(
             env.cmd(&["attach", "-i", "--transport", transport, &cat]),
@@ -673,6 +697,205 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
     env.ok(&["rm", "-f", "-a"]);
     env.ok(&["rmp", "-f", "-a"]);
     assert_eq!(env.ok(&["pods", "-q"]).trim(), "");
+}
+
+/// `rctl events` streams GetContainerEvents: a container created and started while it runs
+/// shows up.
+fn events_stream(env: &Env, pod: &str, pod_cfg: &Path, busybox: &str) {
+    let mut ev = KillOnDrop(
+        env.cmd(&["events", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let so = ev.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(so).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // the subscription is live once it has seen an event: create containers until one shows
+    let cfg = env.write(
+        "ctr-ev.json",
+        &serde_json::json!({"metadata": {"name": "ev"}, "image": {"image": busybox}, "command": ["true"]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    'outer: loop {
+        assert!(Instant::now() < deadline, "no container event: {seen}");
+        let id = env
+            .ok(&[
+                "create",
+                pod,
+                cfg.to_str().unwrap(),
+                pod_cfg.to_str().unwrap(),
+            ])
+            .trim()
+            .to_owned();
+        env.ok(&["rm", &id]);
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push_str(&l);
+            if seen.contains(&id) && seen.contains("CONTAINER_CREATED_EVENT") {
+                break 'outer;
+            }
+        }
+    }
+    drop(ev);
+}
+
+/// The test's own CNI bridge for rcd's pods (removed with the rules naming its subnet).
+const RCD_BRIDGE: &str = "rctlrcd0";
+const RCD_SUBNET: &str = "10.233.7.0/24";
+
+fn purge_rcd_net() {
+    let _ = Command::new("ip")
+        .args(["link", "del", RCD_BRIDGE])
+        .stderr(Stdio::null())
+        .status();
+    let prefix = RCD_SUBNET.rsplit_once('.').unwrap().0.to_owned() + ".";
+    for table in ["nat", "filter"] {
+        let out = Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("-A ") && line.contains(&prefix) {
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// A private rcd (its own root, state, socket, CNI bridge and cgroup parent); killed on drop.
+struct RcdDaemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for RcdDaemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_rcd(dir: &Path) -> (RcdDaemon, PathBuf) {
+    purge_rcd_net();
+    let conf = dir.join("net.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    let net = rcd::cni::BridgeNetwork {
+        name: "rctl-rcd".into(),
+        bridge: RCD_BRIDGE.into(),
+        subnets: vec![RCD_SUBNET.into()],
+        ipam_data_dir: Some(dir.join("ipam")),
+    };
+    std::fs::write(
+        conf.join("10-rctl.conflist"),
+        net.render().unwrap().to_bytes(),
+    )
+    .unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_level = \"debug\"\n\n[cri]\ncni_conf_dir = {:?}\ncgroup_parent = \"/rctl-rcd\"\n",
+            conf.display().to_string()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("state/rcd.sock");
+    let log = dir.join("rcd.log");
+    let rcd_bin = Path::new(RCTL).with_file_name("rcd");
+    assert!(
+        rcd_bin.exists(),
+        "{} missing: build it first (cargo build --workspace --bins)",
+        rcd_bin.display()
+    );
+    let child = Command::new(&rcd_bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--address")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = RcdDaemon { child, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "rcd did not start: {}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (d, sock)
+}
+
+#[test]
+fn rctl_against_rcd_cri() {
+    let t0 = Instant::now();
+    let reg = Registry::start().expect("registry");
+    reg.push(busybox_image(), "rtest/busybox", "latest")
+        .unwrap();
+    let busybox = reg.image_ref("rtest/busybox", "latest");
+    let private = Registry::builder()
+        .htpasswd("rctl", "s3cret")
+        .start()
+        .expect("registry with auth");
+    private.push(pause_image(), "rtest/private", "v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, sock) = start_rcd(dir.path());
+    let env = Env {
+        sock,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(env.dir.path().join("crictl.yaml"), "").unwrap();
+    let target = Target {
+        rcd: true,
+        cgroup_parent: "/rctl-rcd".into(),
+        subnet: RCD_SUBNET.into(),
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        suite(&env, &target, &busybox, &private)
+    }));
+    if r.is_err() {
+        let _ = env.run(&["rm", "-f", "-a"]);
+        let _ = env.run(&["rmp", "-f", "-a"]);
+    }
+    let log = daemon.log.clone();
+    drop(daemon);
+    purge_rcd_net();
+    if let Err(e) = r {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "rcd log (end):\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+        std::panic::resume_unwind(e);
+    }
+    eprintln!("rctl suite against rcd took {:?}", t0.elapsed());
 }
 
 #[test]

@@ -341,3 +341,43 @@ pub async fn fs_info(cri: &Cri) -> Result<cri::ImageFsInfoResponse, Status> {
         container_filesystems: vec![usage],
     })
 }
+
+/// Whether `reference` (`host/path/name:tag` or `...@sha256:…`) is what a user means by
+/// `filter`: the same repository path or its trailing components (`busybox`,
+/// `library/busybox`), with the tag compared only when the filter names one.
+pub fn short_name_matches(reference: &str, filter: &str) -> bool {
+    fn split(r: &str) -> (&str, Option<&str>) {
+        let r = r.split('@').next().unwrap_or(r);
+        match r.rsplit_once(':') {
+            // a colon after the last slash is a tag, before it a registry port
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+            _ => (r, None),
+        }
+    }
+    let (repo, tag) = split(reference);
+    let (want, want_tag) = split(filter);
+    if want.is_empty() {
+        return false;
+    }
+    let repo_ok = repo == want || repo.ends_with(&format!("/{want}"));
+    repo_ok && (want_tag.is_none() || want_tag == tag)
+}
+
+#[cfg(test)]
+mod short_name_tests {
+    use super::short_name_matches as m;
+
+    #[test]
+    fn short_names_match_trailing_components() {
+        let r = "127.0.0.1:5000/rtest/busybox:latest";
+        assert!(m(r, "rtest/busybox"));
+        assert!(m(r, "busybox"));
+        assert!(m(r, "busybox:latest"));
+        assert!(m(r, "127.0.0.1:5000/rtest/busybox"));
+        assert!(!m(r, "busybox:1.36"));
+        assert!(!m(r, "box"));
+        assert!(!m(r, "test/busybox"));
+        assert!(!m(r, ""));
+        assert!(m("docker.io/library/busybox@sha256:ab", "library/busybox"));
+    }
+}

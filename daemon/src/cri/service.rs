@@ -332,7 +332,7 @@ impl cri::image_service_server::ImageService for ImageService {
                 &self.0,
                 cri::ImageStatusRequest {
                     image: Some(cri::ImageSpec {
-                        image: filter,
+                        image: filter.clone(),
                         ..Default::default()
                     }),
                     verbose: false,
@@ -343,7 +343,14 @@ impl cri::image_service_server::ImageService for ImageService {
             {
                 images.retain(|i| i.id == id);
             } else {
-                images.clear();
+                // crictl users type short names (`crictl images busybox`): match them against
+                // the repositories' trailing path components, as CRI-O's short names do
+                images.retain(|i| {
+                    i.repo_tags
+                        .iter()
+                        .chain(&i.repo_digests)
+                        .any(|r| image::short_name_matches(r, &filter))
+                });
             }
         }
         ok(cri::ListImagesResponse { images })
