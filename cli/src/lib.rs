@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod cmd;
+pub mod compose;
 pub mod format;
 pub mod rnerd;

@@ -161,6 +161,8 @@ pub enum Command {
     Version,
     /// Show what rcd holds and runs
     Info,
+    /// Run a multi-container project from a compose file
+    Compose(Box<crate::compose::ComposeArgs>),
     /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
     Completion { shell: clap_complete::Shell },
 }

@@ -89,6 +89,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Events { filter, format } => network::events(ctx, filter, format).await,
         Command::Version => info::version(ctx).await,
         Command::Info => info::info(ctx).await,
+        Command::Compose(a) => crate::compose::main(ctx, *a).await,
         Command::Completion { .. } => unreachable!("handled before connecting"),
         Command::Container(_) => unreachable!("mapped above"),
     }
