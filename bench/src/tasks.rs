@@ -108,7 +108,9 @@ impl Rcd {
         let config = dir.path().join("rcd.toml");
         std::fs::write(
             &config,
-            format!("[networks]\npool = \"{BENCH_POOL}\"\nbridge_prefix = \"{BENCH_BRIDGE_PREFIX}\"\n"),
+            format!(
+                "[networks]\npool = \"{BENCH_POOL}\"\nbridge_prefix = \"{BENCH_BRIDGE_PREFIX}\"\n"
+            ),
         )?;
         let mut cmd = Command::new(bin.join("rcd"));
         cmd.arg("--config")

@@ -159,7 +159,13 @@ pub struct ConfigArgs {
 
 /// Runs `rnerd compose ...` with rnerd's connection and global flags. Errors are rnerd's
 /// (printed by it, exit code 125); a non-zero exit without an error is [`Exit`].
-pub async fn main(ctx: &Ctx, args: ComposeArgs) -> anyhow::Result<()> {
+/// `compose config` only reads files: it needs no daemon (rnerd calls it before connecting).
+/// `None` when `args` is another subcommand.
+pub fn offline(args: &ComposeArgs) -> Option<anyhow::Result<()>> {
+    matches!(args.command, Command::Config(_)).then(|| config(args))
+}
+
+fn config(args: &ComposeArgs) -> anyhow::Result<()> {
     let (project, warnings) = load_project(&args.files, args.project_name.clone())?;
     for w in &warnings {
         eprintln!("rnerd: warning: {w}");
@@ -176,7 +182,17 @@ pub async fn main(ctx: &Ctx, args: ComposeArgs) -> anyhow::Result<()> {
         } else if !c.quiet {
             print!("{}", serde_norway::to_string(&project)?);
         }
-        return Ok(());
+    }
+    Ok(())
+}
+
+pub async fn main(ctx: &Ctx, args: ComposeArgs) -> anyhow::Result<()> {
+    if let Some(r) = offline(&args) {
+        return r;
+    }
+    let (project, warnings) = load_project(&args.files, args.project_name.clone())?;
+    for w in &warnings {
+        eprintln!("rnerd: warning: {w}");
     }
     let plain_http = project
         .services

@@ -120,6 +120,20 @@ pub fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "rnerd", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    if let Command::Compose(a) = &cli.command {
+        if let Some(r) = crate::compose::offline(a) {
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let (code, print) = exit_code(&e);
+                    if print {
+                        eprintln!("rnerd: {e:#}");
+                    }
+                    ExitCode::from(code)
+                }
+            };
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
