@@ -1321,3 +1321,33 @@ fn restart_policy_survives_an_rcd_restart() {
         .starts_with("Exited (137)"));
     e.ok(&["rm", "-f", "keep", "plain"]);
 }
+
+#[test]
+fn detached_and_created_rm_are_removed_by_rcd_at_their_exit() {
+    let e = env(14);
+    // -d --rm: gone once it exits, with its anonymous volume; no client is waiting
+    let id = e.ok(&[
+        "run", "-d", "--rm", "--name", "brief", "-v", "/scratch", &e.image, "sleep", "1",
+    ]);
+    let id = id.trim().to_owned();
+    assert!(e.ok(&["ps", "-q", "--no-trunc"]).contains(&id));
+    assert_eq!(e.ok(&["volume", "ls", "-q"]).lines().count(), 1);
+    wait_for("the auto-removal", Duration::from_secs(20), || {
+        e.ok(&["ps", "-a", "-q", "--no-trunc"]).trim().is_empty()
+    });
+    assert_eq!(e.ok(&["volume", "ls", "-q"]), "");
+    // create --rm, started later: removed at that exit too
+    e.ok(&["create", "--rm", "--name", "later", &e.image, "true"]);
+    assert!(e.ok(&["ps", "-a"]).contains("later"));
+    e.ok(&["start", "later"]);
+    wait_for("the auto-removal", Duration::from_secs(20), || {
+        !e.ok(&["ps", "-a"]).contains("later")
+    });
+    // with a restart policy: refused before anything is made
+    let err = e.fails(
+        125,
+        &["run", "-d", "--rm", "--restart", "always", &e.image, "true"],
+    );
+    assert!(err.contains("--rm"), "{err}");
+    assert_eq!(e.ok(&["ps", "-a", "-q"]), "");
+}

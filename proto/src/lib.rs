@@ -68,6 +68,8 @@ pub mod labels {
     pub const LOG: &str = "rcd.io/log";
     /// The stop signal name.
     pub const STOP_SIGNAL: &str = "rcd.io/stop-signal";
+    /// "true": removed by rcd once its task exits (`ContainerOptions.auto_remove`).
+    pub const AUTO_REMOVE: &str = "rcd.io/auto-remove";
     /// A human name (rnerd's `--name`); ids stay 64-hex.
     pub const NAME: &str = "rcd.io/name";
     /// The task's IP on its network, set while attached.

@@ -655,7 +655,26 @@ impl pb::containers_server::Containers for ContainersService {
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        let rt = &self.0;
+        delete_container(&self.0, &ns, &req.id, req.keep_snapshot, req.remove_volumes).await?;
+        Ok(Response::new(pb::DeleteContainerResponse {}))
+    }
+}
+
+/// Containers.Delete, and rcd's own (auto-remove): refused while the container has a task.
+pub(crate) async fn delete_container(
+    rt: &Arc<Runtime>,
+    ns: &str,
+    id: &str,
+    keep_snapshot: bool,
+    remove_volumes: bool,
+) -> Result<(), Status> {
+    let ns = ns.to_owned();
+    let req = pb::DeleteContainerRequest {
+        id: id.to_owned(),
+        keep_snapshot,
+        remove_volumes,
+    };
+    {
         // a pending restart either comes first or finds no container (restart.rs)
         let lock = rt.restarts.lock(&ns, &req.id);
         let _held = lock.lock().await;
@@ -703,7 +722,7 @@ impl pb::containers_server::Containers for ContainersService {
         info!(namespace = %ns, id = %req.id, keep_snapshot = keep, "container deleted");
         rt.events
             .publish(&ns, "/containers/delete", &[("id", req.id.clone())]);
-        Ok(Response::new(pb::DeleteContainerResponse {}))
+        Ok(())
     }
 }
 

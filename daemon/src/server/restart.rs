@@ -106,6 +106,15 @@ pub(crate) fn option_labels(
         Policy::parse(&o.restart).map_err(Status::invalid_argument)?;
         l.insert(labels::RESTART.into(), o.restart.clone());
     }
+    if o.auto_remove {
+        if !matches!(Policy::of(l), Policy::No) {
+            return Err(Status::invalid_argument(format!(
+                "auto-remove and restart policy {:?} exclude each other",
+                o.restart
+            )));
+        }
+        l.insert(labels::AUTO_REMOVE.into(), "true".into());
+    }
     if o.log {
         l.insert(labels::LOG.into(), super::logs::JSON_FILE.into());
     }
@@ -287,6 +296,30 @@ async fn update_labels(
     Ok(())
 }
 
+fn auto_remove(l: &crate::metadata::Labels) -> bool {
+    l.get(labels::AUTO_REMOVE).map(String::as_str) == Some("true")
+}
+
+/// Deletes the exited task of an auto-remove container, then the container with its
+/// anonymous volumes (docker's `--rm`), under the same lock as a client's delete.
+fn spawn_auto_remove(rt: Arc<Runtime>, ns: String, id: String) {
+    tokio::spawn(async move {
+        match super::tasks::delete_task(&rt, &ns, &id).await {
+            Ok(_) => {}
+            Err(e) if e.code() == tonic::Code::NotFound => {}
+            Err(e) => {
+                warn!(namespace = %ns, id = %id, "auto-remove: deleting the task: {}", e.message());
+                return;
+            }
+        }
+        match super::containers::delete_container(&rt, &ns, &id, false, true).await {
+            Ok(()) => info!(namespace = %ns, id = %id, "auto-removed"),
+            Err(e) if e.code() == tonic::Code::NotFound => {}
+            Err(e) => warn!(namespace = %ns, id = %id, "auto-remove: {}", e.message()),
+        }
+    });
+}
+
 /// Starts the monitor: first the scan of what happened while no rcd ran, then every exit.
 pub(crate) fn start(rt: Arc<Runtime>) {
     let mut rx = rt.tasks.subscribe();
@@ -350,6 +383,13 @@ async fn scan(rt: &Arc<Runtime>) {
                     _ => continue,
                 },
             };
+            if auto_remove(&c.labels) {
+                if tasks.iter().any(|t| t.id == c.id) && status.is_some() {
+                    info!(namespace = %ns, id = %c.id, "removing an auto-remove container whose task ended while rcd was away");
+                    spawn_auto_remove(rt.clone(), ns.clone(), c.id.clone());
+                }
+                continue;
+            }
             if should_restart(&c.labels, status) {
                 info!(namespace = %ns, id = %c.id, "restarting a container whose task ended while rcd was away");
                 schedule(rt.clone(), ns.clone(), c.id.clone(), status, Duration::ZERO);
@@ -369,6 +409,10 @@ fn on_exit(rt: &Arc<Runtime>, ns: &str, id: &str, pid: u32, status: u32) {
         Ok(Some(c)) => c.labels,
         _ => return,
     };
+    if auto_remove(&labels) {
+        spawn_auto_remove(rt.clone(), ns.to_owned(), id.to_owned());
+        return;
+    }
     if !should_restart(&labels, Some(status)) {
         return;
     }
@@ -575,6 +619,22 @@ mod tests {
         let mut l = crate::metadata::Labels::new();
         image_stop_signal(&cfg("bogus"), &mut l);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn auto_remove_excludes_a_restart_policy() {
+        let mut o = rcd_proto::v1::ContainerOptions {
+            auto_remove: true,
+            ..Default::default()
+        };
+        let mut labels = l(&[]);
+        option_labels(&o, &mut labels).unwrap();
+        assert!(auto_remove(&labels));
+        o.restart = "on-failure:2".into();
+        let e = option_labels(&o, &mut l(&[])).unwrap_err();
+        assert!(e.message().contains("exclude each other"), "{e:?}");
+        o.restart = "no".into();
+        option_labels(&o, &mut l(&[])).unwrap();
     }
 
     #[test]

@@ -243,11 +243,6 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
     if a.rm && a.restart != "no" {
         bail!("--rm and --restart {} exclude each other", a.restart);
     }
-    if a.rm && a.detach {
-        bail!(
-            "--rm with -d is not supported yet: run it attached, or `rnerd rm` it after it exits"
-        );
-    }
     if !matches!(a.pull.as_str(), "always" | "missing" | "never") {
         bail!("invalid --pull {:?}: always, missing or never", a.pull);
     }
@@ -358,6 +353,9 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
             stop_signal: a.stop_signal.clone().unwrap_or_default(),
             add_hosts: a.add_host.clone(),
             dns: a.dns.clone(),
+            // detached (or created now, started later): rcd removes it at its exit; an
+            // attached run removes it itself once it has the exit code
+            auto_remove: a.rm && (a.detach || !start),
         }),
         labels,
         runtime: String::new(),
