@@ -209,6 +209,11 @@ async fn always_comes_back_after_rcd_kill9_when_its_process_died_meanwhile() {
     e.reconnect().await;
     let pid2 = new_pid(&e, "r1", pid, Duration::from_secs(15)).await;
     assert!(alive(pid2));
+    // the count is bumped just after the new task starts
+    wait_for("the restart count", Duration::from_secs(10), || async {
+        e.restart_count("r1").await >= 1
+    })
+    .await;
     assert_eq!(e.restart_count("r1").await, 1);
     e.wait_logs("r1", &["up\n", "up\n"]).await;
     e.stop("r1").await;
