@@ -633,16 +633,19 @@ async fn config_dir_order_and_pod_cidr() {
     assert_eq!(cni.network().unwrap().name, "admin");
     assert!(!cni.set_pod_cidr("10.231.7.0/24").unwrap());
     assert_eq!(cni.network().unwrap().name, "admin");
-    // a broken file is named
+    // a broken file is named: rcd starts, NetworkReady is false with the reason
     t.install("01-broken.conflist", b"{\"name\":");
-    let err = Cni::load(CniOptions {
+    let cni = Cni::load(CniOptions {
         conf_dir: t.conf_dir(),
         state_dir: t.state_dir(),
         ..Default::default()
     })
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("01-broken.conflist"), "{err}");
+    .expect("a broken config must not stop rcd");
+    let err = cni.ready().unwrap_err().to_string();
+    assert!(
+        err.contains("cni config load failed") && err.contains("01-broken.conflist"),
+        "{err}"
+    );
 }
 
 /// A plugin directory holding the real plugins' links plus `slow` (never answers) and `rude`

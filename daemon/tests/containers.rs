@@ -329,8 +329,13 @@ fn detached_tasks_ls_ps_exec_kill_delete() {
         .unwrap()
         .parse()
         .unwrap();
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with("sleep\0"), "{cmdline:?}");
+    // start returns once the runtime let the init go: its exec of the command may still be
+    // under way (runc's too)
+    wait_for("the init's exec", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .starts_with("sleep\0")
+    });
     // exec without a tty: output and exit code
     let out = e.rctr(&[
         "tasks",
