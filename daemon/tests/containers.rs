@@ -616,12 +616,24 @@ fn events_namespaces_info() {
     e.ok(&["run", "--rm", &e.image, "ev1", "true"]);
     // shims publish through `rcd publish`, a process per event: the set is certain, the
     // order of the task events is not
-    wait_for("every event", Duration::from_secs(30), || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let l = lines.lock().unwrap();
-        ["/containers/delete", "/tasks/delete", "/tasks/exit"]
+        if ["/containers/delete", "/tasks/delete", "/tasks/exit"]
             .iter()
             .all(|t| l.iter().any(|x| x.contains(t) && x.contains("\"ev1\"")))
-    });
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for ev1's events; got:\n{}\nrcd log:\n{}",
+            l.join("\n"),
+            tail(&e.rcd.log_text())
+        );
+        drop(l);
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = sub.kill();
     let _ = sub.wait();
     let topics: Vec<String> = lines

@@ -8,20 +8,28 @@ use protobuf::Message;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::reaper::Reaper;
 
 pub struct Publisher {
-    tx: Option<Mutex<Sender<(&'static str, Any)>>>,
+    tx: Mutex<Option<Sender<(&'static str, Any)>>>,
+    /// Set once every event queued before [`Publisher::close`] went out (or was given up).
+    drained: Arc<AtomicBool>,
 }
 
 impl Publisher {
     pub fn new(binary: &str, address: &str, namespace: &str, reaper: Arc<Reaper>) -> Publisher {
         if binary.is_empty() {
-            return Publisher { tx: None };
+            return Publisher {
+                tx: Mutex::new(None),
+                drained: Arc::new(AtomicBool::new(true)),
+            };
         }
+        let drained = Arc::new(AtomicBool::new(false));
+        let done = drained.clone();
         let (tx, rx) = channel::<(&'static str, Any)>();
         let (binary, address, namespace) = (
             PathBuf::from(binary),
@@ -54,21 +62,41 @@ impl Publisher {
                         tracing::warn!(binary = %binary.display(), topic, status = exit.status, "publishing event failed");
                     }
                 }
+                done.store(true, Ordering::SeqCst);
+                // wakes the main thread, which waits for this before it exits
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::this(),
+                    nix::sys::signal::Signal::SIGUSR1,
+                );
             });
         match spawned {
             Ok(_) => Publisher {
-                tx: Some(Mutex::new(tx)),
+                tx: Mutex::new(Some(tx)),
+                drained,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "no event publisher thread: events are dropped");
-                Publisher { tx: None }
+                Publisher {
+                    tx: Mutex::new(None),
+                    drained: Arc::new(AtomicBool::new(true)),
+                }
             }
         }
     }
 
+    /// No more events: the publisher sends what is queued, then sets [`Publisher::drained`]
+    /// and raises SIGUSR1.
+    pub fn close(&self) {
+        self.tx.lock().unwrap().take();
+    }
+
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
     pub fn publish(&self, topic: &'static str, event: Any) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.lock().unwrap().send((topic, event));
+        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
+            let _ = tx.send((topic, event));
         }
     }
 }

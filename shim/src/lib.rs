@@ -361,6 +361,9 @@ fn serve(a: &Args) -> Result<()> {
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
+        // Shutdown and the event publisher's "done"; SIGUSR2 the publisher's grace timeout
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
     ] {
         mask.add(s);
     }
@@ -401,7 +404,12 @@ fn serve(a: &Args) -> Result<()> {
     server.start().context("starting the ttrpc server")?;
     tracing::info!(id = a.id, namespace = a.namespace, "serving");
     drop_mapped_text();
-    // The main thread takes every signal: children's exits, and SIGUSR1 from Shutdown.
+    // The main thread takes every signal: children's exits, and SIGUSR1 from Shutdown and
+    // from the event publisher once it has sent what was queued. Exiting at Shutdown itself
+    // lost the task's /tasks/delete (one `publish` process per event, still running): the
+    // main thread keeps reaping until the publisher is done, for at most EVENTS_GRACE.
+    const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut closing = false;
     loop {
         match mask.wait() {
             Ok(Signal::SIGCHLD) => {
@@ -409,7 +417,23 @@ fn serve(a: &Args) -> Result<()> {
                     svc.on_exits();
                 }
             }
-            Ok(Signal::SIGUSR1) if svc.shutting_down() => break,
+            Ok(Signal::SIGUSR1) if svc.shutting_down() => {
+                if !closing {
+                    closing = true;
+                    svc.close_events();
+                    let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| {
+                        std::thread::sleep(EVENTS_GRACE);
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGUSR2);
+                    });
+                }
+                if svc.events_drained() {
+                    break;
+                }
+            }
+            Ok(Signal::SIGUSR2) if closing => {
+                tracing::warn!("events still queued at shutdown after {EVENTS_GRACE:?}: dropped");
+                break;
+            }
             Ok(s) => tracing::info!(signal = %s, "ignoring signal"),
             Err(_) => {}
         }

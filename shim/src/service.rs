@@ -167,6 +167,16 @@ impl Service {
         }
     }
 
+    /// Stops taking events; the ones queued (the task's delete, right before Shutdown) are
+    /// still published.
+    pub fn close_events(&self) {
+        self.events.close();
+    }
+
+    pub fn events_drained(&self) -> bool {
+        self.events.drained()
+    }
+
     /// Whether Shutdown asked the process to end (it then raises SIGUSR1).
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(std::sync::atomic::Ordering::SeqCst)
