@@ -358,9 +358,11 @@ state = "{d}/state"
         }
         let _ = child.wait();
 
-        // Shims of this instance: any process with `-address <our socket>` in its argv.
+        // Shims of this instance: any process with `-address <our socket>` in its argv. A shim
+        // told to shut down exits once its last events are published (containerd's own wait
+        // up to 5 s for their publisher): only one still there after that is left over.
         let address = self.address().display().to_string();
-        let shims = processes_where(|argv| {
+        let ours = |argv: &[String]| {
             argv.first().is_some_and(|a0| {
                 a0.rsplit('/')
                     .next()
@@ -369,7 +371,12 @@ state = "{d}/state"
             }) && argv
                 .windows(2)
                 .any(|w| w[0] == "-address" && w[1] == address)
-        });
+        };
+        let deadline = Instant::now() + Duration::from_secs(7);
+        while !processes_where(|a| ours(a)).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let shims = processes_where(|a| ours(a));
         for (pid, argv) in &shims {
             left.shims.push(format!("{pid} {}", argv.join(" ")));
             let _ = nix::sys::signal::kill(
