@@ -875,31 +875,7 @@ fn name_of(c: &pb::Container) -> String {
         .unwrap_or_else(|| c.id[..c.id.len().min(12)].to_owned())
 }
 
-/// docker's PORTS column from the `rcd.io/ports` label.
+/// docker's PORTS column from the `rcd.io/ports` label (rnerd ps's).
 fn ports_of(c: &pb::Container) -> String {
-    let Some(v) = c
-        .labels
-        .get(labels::PORTS)
-        .and_then(|s| serde_json::from_str::<Vec<serde_json::Value>>(s).ok())
-    else {
-        return String::new();
-    };
-    v.iter()
-        .map(|p| {
-            let ip = p["host_ip"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("0.0.0.0");
-            format!(
-                "{ip}:{}->{}/{}",
-                p["host_port"],
-                p["container_port"],
-                p["protocol"]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("tcp")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::rnerd::cmd::container::ports_column(c)
 }
