@@ -1017,6 +1017,30 @@ async fn kill9_and_restart_keeps_pods_and_containers() {
     );
     let (code, out, _) = e.sh(&c, "echo back").await;
     assert_eq!((code, out.as_str()), (0, "back\n"));
+    // attach after the restart: the container's logger, not rcd, feeds it
+    let url =
+        e.rt.attach(cri::AttachRequest {
+            container_id: c.clone(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("tick\ntick\n") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("attached output within 10 s")
+        {
+            Some(Ok(Message::Binary(b))) if b.first() == Some(&1) => got.extend_from_slice(&b[1..]),
+            Some(Ok(_)) => {}
+            other => panic!("attach ended early: {other:?}, got {got:?}"),
+        }
+    }
+    drop(ws);
     e.rt.stop_container(cri::StopContainerRequest {
         container_id: c.clone(),
         timeout: 0,

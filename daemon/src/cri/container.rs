@@ -342,7 +342,26 @@ pub async fn create(cri: &Arc<Cri>, req: cri::CreateContainerRequest) -> Result<
     Ok(id)
 }
 
-fn control_dir(cri: &Cri, id: &str) -> PathBuf {
+/// The container's stdin when its config asks for one: a FIFO in its control dir that the
+/// logger feeds from attach clients (see [`super::attach`]).
+fn stdin_fifo(dir: &Path, config: &cri::ContainerConfig) -> Result<Stdio, Status> {
+    let fifo = dir.join(super::attach::STDIN_FIFO);
+    let once = dir.join(super::attach::STDIN_ONCE);
+    let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&once);
+    if !config.stdin {
+        return Ok(Stdio::Null);
+    }
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| Status::internal(format!("creating stdin fifo {}: {e}", fifo.display())))?;
+    if config.stdin_once {
+        std::fs::write(&once, b"")
+            .map_err(|e| Status::internal(format!("creating {}: {e}", once.display())))?;
+    }
+    Ok(Stdio::Raw(fifo.display().to_string()))
+}
+
+pub(crate) fn control_dir(cri: &Cri, id: &str) -> PathBuf {
     cri.state_dir.join("containers").join(id)
 }
 
@@ -385,7 +404,7 @@ pub async fn start(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
                 &logger::spec_arg(cri.cfg.max_log_line_size, &dir, path),
             );
             IoConfig {
-                stdin: Stdio::Null,
+                stdin: stdin_fifo(&dir, &rec.config)?,
                 stdout: Stdio::Raw(uri.clone()),
                 stderr: if rec.config.tty {
                     Stdio::Null

@@ -289,12 +289,120 @@ impl streaming::Runtime for StreamRuntime {
     async fn attach(
         &self,
         req: streaming::AttachRequest,
-        _streams: Streams,
+        mut streams: Streams,
     ) -> Result<(), RuntimeError> {
-        Err(RuntimeError(format!(
-            "attach to {}: rcd writes container output to its log only (no attachable stdio yet)",
-            req.container_id
-        )))
+        use super::attach::{encode, read_frame, STDERR, STDIN, STDIN_END, STDOUT};
+        let cri = self.cri()?;
+        let err = |e: String| RuntimeError(e);
+        let id = running(&cri, &req.container_id).map_err(|s| err(s.message().into()))?;
+        let (has_stdin, has_log) = {
+            let e = super::container::get(&cri, &id).map_err(|s| err(s.message().into()))?;
+            let r = e.lock().unwrap();
+            (r.config.stdin, r.log_path.is_some())
+        };
+        if !has_log {
+            return Err(err(format!(
+                "attach to {id}: the container has no log path, so no attachable output"
+            )));
+        }
+        let dir = super::container::control_dir(&cri, &id);
+        let (path, dirfd) = super::attach::socket_path(&dir, super::attach::SOCKET)
+            .map_err(|e| err(format!("attach to {id}: {}: {e}", dir.display())))?;
+        let conn = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            err(format!(
+                "attach to {id}: its logger at {} does not answer: {e}",
+                dir.join(super::attach::SOCKET).display()
+            ))
+        })?;
+        drop(dirfd);
+        // The frames are read on a blocking thread: a std stream keeps the decoder simple.
+        let conn = conn
+            .into_std()
+            .and_then(|c| c.set_nonblocking(false).map(|_| c))
+            .map_err(|e| err(format!("attach to {id}: {e}")))?;
+        let mut reader = conn
+            .try_clone()
+            .map_err(|e| err(format!("attach to {id}: {e}")))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(64);
+        let read_job = tokio::task::spawn_blocking(move || {
+            while let Ok(Some(frame)) = read_frame(&mut reader) {
+                if tx.blocking_send(frame).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut jobs = Vec::new();
+        // stdin of a container created without one has nowhere to go (as containerd)
+        if let (Some(mut input), true) = (streams.stdin.take(), has_stdin) {
+            let mut w = conn
+                .try_clone()
+                .map_err(|e| err(format!("attach to {id}: {e}")))?;
+            let (itx, mut irx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+            jobs.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if itx.send(encode(STDIN, &buf[..n])).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = itx.send(encode(STDIN_END, b"")).await;
+            }));
+            jobs.push(tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                while let Some(f) = irx.blocking_recv() {
+                    if w.write_all(&f).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        if let Some(mut resize) = streams.resize.take() {
+            let (cri2, id2) = (cri.clone(), id.clone());
+            jobs.push(tokio::spawn(async move {
+                while let Some(sz) = resize.recv().await {
+                    let _ = cri2
+                        .tasks
+                        .resize_pty(NAMESPACE, &id2, None, sz.width as u32, sz.height as u32)
+                        .await;
+                }
+            }));
+        }
+        let (mut out, mut errs) = (streams.stdout.take(), streams.stderr.take());
+        let pump = async {
+            while let Some((kind, data)) = rx.recv().await {
+                let to = match kind {
+                    STDOUT => out.as_mut(),
+                    STDERR => errs.as_mut(),
+                    _ => None,
+                };
+                if let Some(w) = to {
+                    if w.write_all(&data).await.is_err() {
+                        break;
+                    }
+                    let _ = w.flush().await;
+                }
+            }
+        };
+        // Ends when the container's output ends (it exited; its logger is gone) or the
+        // client leaves: attach detaches, the container keeps running.
+        tokio::select! {
+            _ = pump => {}
+            _ = streams.cancel.cancelled() => {}
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        read_job.abort();
+        for j in jobs {
+            j.abort();
+        }
+        for w in [out.as_mut(), errs.as_mut()].into_iter().flatten() {
+            let _ = w.flush().await;
+        }
+        Ok(())
     }
 
     async fn port_forward(

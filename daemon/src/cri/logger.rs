@@ -7,7 +7,8 @@
 //! log file is open). Each line becomes `<RFC3339Nano> <stdout|stderr> <P|F> <text>\n`;
 //! lines longer than `max` bytes are cut into `P` (partial) pieces. SIGUSR1 reopens the log
 //! path (kubelet renames the file, then calls ReopenContainerLog). The logger's pid is in
-//! `<control dir>/logger.pid`. It exits when both streams are closed.
+//! `<control dir>/logger.pid`. It exits when both streams are closed. It also serves attach
+//! clients and the container's stdin: see [`super::attach`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,6 +16,8 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use super::attach::{self, Hub};
 
 /// Where the logger's pid is kept, in its control dir.
 pub const PID_FILE: &str = "logger.pid";
@@ -145,7 +148,18 @@ fn take_fd(fd: i32) -> Result<File, LoggerError> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn pump(mut input: File, stream: &'static str, max: usize, out: Arc<Mutex<File>>) {
+fn pump(
+    mut input: File,
+    stream: &'static str,
+    max: usize,
+    out: Arc<Mutex<File>>,
+    hub: Option<Arc<Hub>>,
+) {
+    let kind = if stream == "stderr" {
+        attach::STDERR
+    } else {
+        attach::STDOUT
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(max + 4096);
     let mut chunk = vec![0u8; 32 * 1024];
     loop {
@@ -155,6 +169,9 @@ fn pump(mut input: File, stream: &'static str, max: usize, out: Arc<Mutex<File>>
             Err(_) => 0,
         };
         let eof = n == 0;
+        if let Some(h) = &hub {
+            h.broadcast(kind, &chunk[..n]);
+        }
         buf.extend_from_slice(&chunk[..n]);
         let (lines, used) = split_lines(&buf, max, eof);
         if !lines.is_empty() {
@@ -197,17 +214,30 @@ pub fn run(spec: &str) -> Result<(), LoggerError> {
             source,
         }
     })?;
+    // before ready: the shim opens the container's stdin FIFO after this, and attach
+    // must not miss a line written right after the start
+    let hub = match Hub::start(&dir) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!(
+                "rcd cri-logger: no attach for {}: {e}",
+                dir.join(attach::SOCKET).display()
+            );
+            None
+        }
+    };
     drop(ready);
     let mut threads = Vec::new();
     for (input, name) in [(stdout, "stdout"), (stderr, "stderr")] {
-        let out = file.clone();
-        threads.push(std::thread::spawn(move || pump(input, name, max, out)));
+        let (out, hub) = (file.clone(), hub.clone());
+        threads.push(std::thread::spawn(move || pump(input, name, max, out, hub)));
     }
     std::thread::spawn(move || {
         for t in threads {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(pid_file.with_file_name(attach::SOCKET));
         std::process::exit(0);
     });
     loop {

@@ -17,6 +17,7 @@
 //!   metadata DB for each task (the native API sees them as containerd shows CRI's). Lists
 //!   are served from memory.
 
+pub mod attach;
 pub mod container;
 pub mod exec;
 pub mod image;
