@@ -12,7 +12,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rcd::cni::BridgeNetwork;
-use rtest::{busybox_image, Registry};
+use rtest::{busybox_image, pause_image, Registry};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -80,6 +80,11 @@ async fn connect(address: &Path) -> Channel {
 }
 
 async fn env(n: u8) -> Env {
+    env_with(n, "").await
+}
+
+/// [`env`] with more lines for rcd's `[cri]` section.
+async fn env_with(n: u8, cri_extra: &str) -> Env {
     purge_net(n);
     let reg = Registry::start().unwrap();
     reg.push(busybox_image(), "library/busybox", "latest")
@@ -103,7 +108,7 @@ async fn env(n: u8) -> Env {
         &config,
         format!(
             "log_level = \"debug\"\nshim = {shim:?}\n\n[cri]\ncni_conf_dir = {conf:?}\n\
-             cgroup_parent = \"/rcd-test-cri-{n}\"\n\n\
+             cgroup_parent = \"/rcd-test-cri-{n}\"\n{cri_extra}\n\
              [registries.\"registry.k8s.io\"]\n[[registries.\"registry.k8s.io\".mirrors]]\n\
              url = \"http://{host}\"\n",
             shim = shim().display().to_string(),
@@ -1048,5 +1053,100 @@ async fn kill9_and_restart_keeps_pods_and_containers() {
     .await
     .unwrap();
     assert_eq!(e.wait_exited(&c).await.exit_code, 137);
+    e.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
+    const PAUSE: &str = "registry.k8s.io/pause:3.9";
+    let mut e = env_with(5, &format!("sandbox_image = {PAUSE:?}\n")).await;
+    // not in the registry yet: a clear error, and no pod is left behind
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(e.pod_config("early")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("pulling the sandbox image registry.k8s.io/pause:3.9"),
+        "{err:?}"
+    );
+    let pods =
+        e.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert!(pods.is_empty(), "{pods:?}");
+
+    e._reg.push(pause_image(), "pause", "3.9").unwrap();
+    let pcfg = e.pod_config("imaged");
+    let pod = e.run_pod(pcfg.clone()).await;
+    let images = e
+        .img
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(
+        images
+            .iter()
+            .any(|i| i.repo_tags.iter().any(|t| t == PAUSE)),
+        "{images:?}"
+    );
+    let st =
+        e.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    assert_eq!(info["sandboxImage"], PAUSE);
+    let pid = info["pid"].as_u64().unwrap();
+    // the pause runs the image's entrypoint on an overlay of the image's layer
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"/pause\0");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(root.contains(" - overlay "), "{root}");
+    // the pod works as with the built-in pause
+    let c = e
+        .start_container(&pod, &pcfg, e.container_config("app", &["sleep", "60"]))
+        .await;
+    let (code, out, _) = e.sh(&c, "hostname; echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "imaged\nok\n"));
+    e.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    e.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    // its snapshot went with it
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&pod), "{mounts}");
+    let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
+    req.metadata_mut()
+        .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+    let snaps =
+        rcd_proto::v1::snapshots_client::SnapshotsClient::new(connect(&e.rcd.address).await)
+            .list(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshots;
+    assert!(!snaps.is_empty(), "the image's layer is a snapshot");
+    assert!(snaps.iter().all(|s| s.key != pod), "{snaps:?}");
     e.finish().await;
 }

@@ -7,6 +7,7 @@ use crate::metadata::{ContainerRecord as MdContainer, Labels};
 use crate::spec::{self, ContainerRequest, NamespaceMode, SeccompMode};
 use crate::task::{CreateOptions, IoConfig, TaskStatus};
 use k8s_cri::v1 as cri;
+use oci_spec::image::ImageConfiguration;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Status;
@@ -202,16 +203,20 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::invalid_argument(format!("pod files: {e}")))?;
-    // the pause task
+    // the pause task: the built-in pause, or the configured sandbox image (pulled if absent,
+    // as containerd does)
+    let image = sandbox_image(cri).await?;
     let rootfs = pause_rootfs(&cri.d.settings.root);
     let sc = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.clone());
+    let builtin = image.is_none();
     let mut sreq = ContainerRequest {
         id: id.clone(),
-        args: Some(vec!["/pause".into()]),
-        entrypoint: Some(vec![]),
+        // the image's entrypoint and command, when it is an image
+        args: builtin.then(|| vec!["/pause".into()]),
+        entrypoint: builtin.then(Vec::new),
         hostname: (net != NODE).then(|| hostname.clone()),
         readonly_rootfs: true,
         namespace: Some(NAMESPACE.into()),
@@ -244,42 +249,81 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
     if ipc == NODE {
         sreq.namespaces.ipc = NamespaceMode::Host;
     }
-    let root2 = rootfs.clone();
-    let generated = tokio::task::spawn_blocking(move || spec::generate(None, &sreq, &root2))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::invalid_argument(format!("pod sandbox: {e}")))?;
-    let mut spec_json =
-        serde_json::to_value(&generated.spec).map_err(|e| internal("encoding")(e.to_string()))?;
-    spec_json["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-    let now = chrono::Utc::now();
-    let md_rec = MdContainer {
-        id: id.clone(),
-        image: if cri.cfg.sandbox_image.is_empty() {
-            "rcd.io/builtin/pause".into()
-        } else {
-            cri.cfg.sandbox_image.clone()
-        },
-        snapshot_key: None,
-        labels: Labels::from([("io.cri-containerd.kind".into(), "sandbox".into())]),
-        spec: spec_json.clone(),
-        runtime: None,
-        created: now,
-        updated: now,
-    };
     let md = cri.d.md.clone();
-    crate::server::service::blocking(move || {
-        md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
-            .map_err(crate::server::service::metadata_status)
-    })
-    .await?;
+    let now = chrono::Utc::now();
+    let kind = Labels::from([("io.cri-containerd.kind".into(), "sandbox".into())]);
+    let (spec_json, rootfs_mounts) = match image {
+        None => {
+            let root2 = rootfs.clone();
+            let generated =
+                tokio::task::spawn_blocking(move || spec::generate(None, &sreq, &root2))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::invalid_argument(format!("pod sandbox: {e}")))?;
+            let mut spec_json = serde_json::to_value(&generated.spec)
+                .map_err(|e| internal("encoding")(e.to_string()))?;
+            spec_json["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+            let md_rec = MdContainer {
+                id: id.clone(),
+                image: "rcd.io/builtin/pause".into(),
+                snapshot_key: None,
+                labels: kind,
+                spec: spec_json.clone(),
+                runtime: None,
+                created: now,
+                updated: now,
+            };
+            crate::server::service::blocking(move || {
+                md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
+                    .map_err(crate::server::service::metadata_status)
+            })
+            .await?;
+            (spec_json, vec![])
+        }
+        Some((image, img_cfg, top)) => {
+            let snapshotter = cri.d.snapshotter.clone();
+            let scratch = cri.state_dir.join("spec-mounts").join(&id);
+            let id_ = id.clone();
+            crate::server::service::blocking(move || {
+                std::fs::create_dir_all(&scratch).map_err(|e| {
+                    Status::internal(format!("creating {}: {e}", scratch.display()))
+                })?;
+                let mounts = snapshotter
+                    .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
+                    .map_err(crate::server::service::snapshot_status)?;
+                let made =
+                    crate::server::containers::generate_spec(&img_cfg, &sreq, &mounts, &scratch)
+                        .and_then(|spec| {
+                            let md_rec = MdContainer {
+                                id: id_.clone(),
+                                image: image.name.clone(),
+                                snapshot_key: Some(id_.clone()),
+                                labels: kind,
+                                spec: spec.clone(),
+                                runtime: None,
+                                created: now,
+                                updated: now,
+                            };
+                            md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
+                                .map_err(crate::server::service::metadata_status)?;
+                            Ok((spec, mounts))
+                        });
+                let _ = std::fs::remove_dir(&scratch);
+                if made.is_err() {
+                    let _ = snapshotter.remove(NAMESPACE, &id_);
+                }
+                made
+            })
+            .await?
+        }
+    };
     cri.tasks
         .create(
             NAMESPACE,
             &id,
             CreateOptions {
                 spec: spec_json,
-                rootfs: vec![],
+                rootfs: rootfs_mounts,
                 io: IoConfig::default(),
             },
         )
@@ -297,6 +341,44 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
         .save_sandbox(&rec)
         .map_err(|e| Status::internal(e.to_string()))?;
     Ok(rec)
+}
+
+/// The configured sandbox image's record, config and top layer, pulled when absent; `None`
+/// for the built-in pause.
+async fn sandbox_image(
+    cri: &Cri,
+) -> Result<Option<(crate::metadata::ImageRecord, ImageConfiguration, String)>, Status> {
+    let name = cri.cfg.sandbox_image.clone();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let image = match super::image::resolve(cri, &name) {
+        Ok(i) => i,
+        Err(e) if e.code() == tonic::Code::NotFound => {
+            info!(image = %name, "pulling the sandbox image");
+            super::image::pull(
+                cri,
+                cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                Status::new(
+                    e.code(),
+                    format!("pulling the sandbox image {name}: {}", e.message()),
+                )
+            })?;
+            super::image::resolve(cri, &name)?
+        }
+        Err(e) => return Err(e),
+    };
+    let (cfg, top) = crate::server::containers::image_parts(&cri.d, NAMESPACE, &image).await?;
+    Ok(Some((image, cfg, top)))
 }
 
 fn network_request(rec: &SandboxRecord) -> PodNetworkRequest {
@@ -371,7 +453,10 @@ async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
         }
         let md = cri.d.md.clone();
         let id_ = id.to_owned();
+        let snapshotter = cri.d.snapshotter.clone();
         let _ = crate::server::service::blocking(move || {
+            // a sandbox image's snapshot (the built-in pause has none)
+            let _ = snapshotter.remove(NAMESPACE, &id_);
             md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
                 Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
                 r => r,
