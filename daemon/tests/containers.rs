@@ -634,6 +634,32 @@ fn events_namespaces_info() {
         drop(l);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // image events, as containerd's: a new name is created, a pull of a known one updates it,
+    // removing deletes, a tag that changes nothing says nothing
+    e.ok(&["images", "tag", &e.image, "ev.test/tagged:1"]);
+    e.ok(&["images", "tag", "--force", &e.image, "ev.test/tagged:1"]);
+    e.ok(&["images", "pull", "--plain-http", &e.image]);
+    e.ok(&["images", "rm", "ev.test/tagged:1"]);
+    let want = [
+        ("/images/create", "ev.test/tagged:1"),
+        ("/images/update", e.image.as_str()),
+        ("/images/delete", "ev.test/tagged:1"),
+    ];
+    wait_for("the image events", Duration::from_secs(30), || {
+        let l = lines.lock().unwrap();
+        want.iter().all(|(t, n)| {
+            l.iter()
+                .any(|x| x.contains(t) && x.contains(&format!("\"{n}\"")))
+        })
+    });
+    let image_topics: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("/images/"))
+        .cloned()
+        .collect();
+    assert_eq!(image_topics.len(), 3, "{image_topics:#?}");
     let _ = sub.kill();
     let _ = sub.wait();
     let topics: Vec<String> = lines

@@ -286,9 +286,10 @@ pub async fn remove(cri: &Cri, req: cri::RemoveImageRequest) -> Result<(), Statu
         vec![rec.name.clone()]
     };
     let md = cri.d.md.clone();
+    let names_ = names.clone();
     blocking(move || {
         md.write(|tx| {
-            for n in &names {
+            for n in &names_ {
                 tx.delete_image(NAMESPACE, n)?;
             }
             Ok(())
@@ -296,6 +297,7 @@ pub async fn remove(cri: &Cri, req: cri::RemoveImageRequest) -> Result<(), Statu
         .map_err(metadata_status)
     })
     .await?;
+    crate::server::images::images_deleted(&cri.d, NAMESPACE, &names);
     Ok(())
 }
 

@@ -489,7 +489,8 @@ async fn unpack_and_record(
             applied: 0,
         }
     };
-    record_image(
+    let existed = d.md.image(ns, &pulled.name).ok().flatten().is_some();
+    let rec = record_image(
         ns,
         &pulled.name,
         pulled,
@@ -499,7 +500,27 @@ async fn unpack_and_record(
         Labels::new(),
     )
     .await
-    .map_err(image_status)
+    .map_err(image_status)?;
+    image_event(d, ns, &rec.name, existed);
+    Ok(rec)
+}
+
+/// containerd's `/images/create` or `/images/update` event for `name`.
+pub(crate) fn image_event(d: &Daemon, ns: &str, name: &str, existed: bool) {
+    let topic = if existed {
+        "/images/update"
+    } else {
+        "/images/create"
+    };
+    d.events.publish(ns, topic, &[("name", name.to_owned())]);
+}
+
+/// containerd's `/images/delete` event for each of `names`.
+pub(crate) fn images_deleted(d: &Daemon, ns: &str, names: &[String]) {
+    for n in names {
+        d.events
+            .publish(ns, "/images/delete", &[("name", n.to_owned())]);
+    }
 }
 
 /// What an imported image `target` holds for `platform`, as a pull would have found it: an
@@ -793,10 +814,11 @@ impl pb::images_server::Images for ImagesService {
         let force = req.force;
         let rec = blocking(move || {
             // the inner Err writes nothing, so committing it is harmless
-            md.write(|tx| -> Result<Result<ImageRecord, Status>, MetadataError> {
+            // with whether the name existed, `None` when nothing changed
+            md.write(|tx| -> Result<Result<(ImageRecord, Option<bool>), Status>, MetadataError> {
                 if let Some(old) = tx.image(&ns_, &target)? {
                     if old.target == src.target && old.manifest == src.manifest {
-                        return Ok(Ok(old));
+                        return Ok(Ok((old, None)));
                     }
                     if !force {
                         return Ok(Err(Status::already_exists(format!(
@@ -805,6 +827,7 @@ impl pb::images_server::Images for ImagesService {
                         ))));
                     }
                 }
+                let existed = tx.image(&ns_, &target)?.is_some();
                 let now = Utc::now();
                 let rec = ImageRecord {
                     name: target.clone(),
@@ -813,11 +836,15 @@ impl pb::images_server::Images for ImagesService {
                     ..src
                 };
                 tx.put_image(&ns_, rec.clone())?;
-                Ok(Ok(rec))
+                Ok(Ok((rec, Some(existed))))
             })
             .map_err(metadata_status)?
         })
         .await?;
+        let (rec, changed) = rec;
+        if let Some(existed) = changed {
+            image_event(&self.0, &ns, &rec.name, existed);
+        }
         info!(namespace = %ns, source = %req.source, target = %rec.name, "tagged");
         let (image, _, _) = view(&self.0, &ns, &rec).await;
         Ok(Response::new(pb::TagImageResponse { image: Some(image) }))
@@ -862,6 +889,7 @@ impl pb::images_server::Images for ImagesService {
         })
         .await?;
         info!(namespace = %ns, images = ?names, "images deleted");
+        images_deleted(&self.0, &ns, &names);
         collect(&self.0, req.sync).await?;
         Ok(Response::new(pb::DeleteImageResponse { names }))
     }
@@ -892,6 +920,7 @@ impl pb::images_server::Images for ImagesService {
             })
             .await?;
         }
+        images_deleted(&self.0, &ns, &removed);
         let stats = collect(&self.0, true).await?;
         info!(namespace = %ns, images = ?removed, blobs = stats.blobs.len(), "pruned");
         Ok(Response::new(pb::PruneImagesResponse {

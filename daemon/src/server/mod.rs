@@ -17,7 +17,7 @@
 
 pub mod config;
 pub(crate) mod containers;
-mod events;
+pub mod events;
 pub(crate) mod images;
 mod leases;
 pub mod logs;
@@ -104,6 +104,8 @@ pub struct Daemon {
     /// Pullers for per-call settings (`--plain-http`, `--user`), by (registry, plain HTTP,
     /// user, password), so their registry clients are reused; at most [`MAX_PULLERS`].
     pub pullers: std::sync::Mutex<std::collections::HashMap<PullerKey, Arc<Puller>>>,
+    /// The daemon's event stream (images, containers, tasks).
+    pub events: events::EventHub,
 }
 
 /// (registry, plain HTTP, user, password)
@@ -235,6 +237,7 @@ pub async fn serve(
         snapshotter,
         puller,
         pullers: Default::default(),
+        events: event_hub.clone(),
     });
     let net = Arc::new(crate::netmgr::NetManager::new(
         &daemon.settings.root,
