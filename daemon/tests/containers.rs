@@ -660,6 +660,27 @@ fn events_namespaces_info() {
         .cloned()
         .collect();
     assert_eq!(image_topics.len(), 3, "{image_topics:#?}");
+    // a task over its memory limit: killed, and an OOM event from its shim
+    let out = e.rctr_in(
+        &[
+            "run",
+            "--rm",
+            "--memory-limit",
+            "33554432",
+            &e.image,
+            "oom1",
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    wait_for("the OOM event", Duration::from_secs(30), || {
+        let l = lines.lock().unwrap();
+        l.iter()
+            .any(|x| x.contains("/tasks/oom") && x.contains("\"container_id\":\"oom1\""))
+    });
     let _ = sub.kill();
     let _ = sub.wait();
     let topics: Vec<String> = lines

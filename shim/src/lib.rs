@@ -10,6 +10,7 @@
 
 mod events;
 mod mount;
+mod oom;
 mod options;
 mod reaper;
 mod runtime;

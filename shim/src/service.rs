@@ -68,7 +68,7 @@ struct Container {
 
 pub struct Service {
     reaper: Arc<Reaper>,
-    events: Publisher,
+    events: Arc<Publisher>,
     containers: Mutex<HashMap<String, Container>>,
     cv: Condvar,
     namespace: String,
@@ -86,7 +86,7 @@ fn ts(t: SystemTime) -> MessageField<Timestamp> {
 /// Packs an event under its protobuf name (what containerd's typeurl looks up). The name is
 /// spelled out: asking protobuf for it builds the reflection tables of the whole proto
 /// file, hundreds of KiB of heap kept for the shim's life.
-fn any<M: Message>(name: &str, m: &M) -> Any {
+pub(crate) fn any<M: Message>(name: &str, m: &M) -> Any {
     let mut a = Any::new();
     a.type_url = format!("containerd.events.{name}");
     a.value = m.write_to_bytes().unwrap_or_default();
@@ -159,7 +159,7 @@ impl Service {
     pub fn new(reaper: Arc<Reaper>, events: Publisher, namespace: String) -> Service {
         Service {
             reaper,
-            events,
+            events: Arc::new(events),
             containers: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
             namespace,
@@ -507,6 +507,7 @@ impl Service {
             m.pid = pid as u32;
             self.events
                 .publish(topics::TASK_START_EVENT_TOPIC, any("TaskStart", &m));
+            crate::oom::watch(pid, &req.id, self.events.clone());
             pid
         } else {
             let r = self.spawn_process(&req.id, &req.exec_id, &bundle, &runtime, &mut p);

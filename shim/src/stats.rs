@@ -33,7 +33,7 @@ pub fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
     out
 }
 
-fn dir(paths: &HashMap<String, String>, ctrl: &str) -> Option<PathBuf> {
+pub fn dir(paths: &HashMap<String, String>, ctrl: &str) -> Option<PathBuf> {
     let p = paths.get(ctrl)?;
     // cpu and cpuacct are usually co-mounted as "cpu,cpuacct".
     let root = Path::new("/sys/fs/cgroup");
