@@ -40,6 +40,9 @@ use tracing::debug;
 pub type Labels = BTreeMap<String, String>;
 
 /// Longest namespace name (containerd: 76, DNS label-like).
+/// The most metadata pages redb keeps in memory.
+const METADATA_CACHE_BYTES: usize = 2 << 20;
+
 pub const MAX_NAMESPACE_LEN: usize = 76;
 /// Longest image name or snapshot key.
 pub const MAX_NAME_LEN: usize = 4096;
@@ -315,11 +318,16 @@ impl Metadata {
                 source: Box::new(redb::Error::Io(e)),
             })?;
         }
-        let db = Database::create(&path).map_err(|e| MetadataError::Db {
-            op: "opening",
-            path: path.clone(),
-            source: Box::new(e.into()),
-        })?;
+        // redb caches up to 1 GiB of pages by default, kept for the daemon's life; the
+        // metadata is small and the kernel's page cache holds the file anyway
+        let db = redb::Builder::new()
+            .set_cache_size(METADATA_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| MetadataError::Db {
+                op: "opening",
+                path: path.clone(),
+                source: Box::new(e.into()),
+            })?;
         let md = Metadata {
             db: Arc::new(db),
             path: Arc::new(path),
