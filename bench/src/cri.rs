@@ -618,9 +618,11 @@ struct Figures {
     per_pod_rss_kib: f64,
     per_pod_pss_kib: f64,
     per_pod_procs: f64,
-    /// label → count, over all pods
-    processes: BTreeMap<String, usize>,
+    /// label → (count, RSS KiB, PSS KiB), over all pods
+    processes: BTreeMap<String, (usize, u64, u64)>,
     teardown_s: f64,
+    /// the StopPodSandbox part of the teardown
+    stop_s: f64,
     leftovers: Vec<String>,
 }
 
@@ -683,7 +685,10 @@ fn loaded(side: &mut Side, a: &CriArgs, f: &mut Figures) -> Result<()> {
         let (r, s) = rss_pss_kib(p.pid as u32)?;
         rss += r;
         pss += s;
-        *f.processes.entry(p.label()).or_default() += 1;
+        let e = f.processes.entry(p.label()).or_default();
+        e.0 += 1;
+        e.1 += r;
+        e.2 += s;
     }
     let n = a.pods as f64;
     f.per_pod_rss_kib = rss as f64 / n;
@@ -691,10 +696,15 @@ fn loaded(side: &mut Side, a: &CriArgs, f: &mut Figures) -> Result<()> {
     f.per_pod_procs = procs.len() as f64 / n;
 
     let t = Instant::now();
+    let mut stop = Duration::ZERO;
     for (pod, _) in &pods {
-        side.pod_down(pod)?;
+        let s = Instant::now();
+        side.client.stop_pod(pod)?;
+        stop += s.elapsed();
+        side.client.remove_pod(pod)?;
     }
     f.teardown_s = t.elapsed().as_secs_f64();
+    f.stop_s = stop.as_secs_f64();
     // shims exit (and containerd's reap theirs) a moment after the pod is gone
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -889,6 +899,12 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
         c.teardown_s,
         2,
     ));
+    rows.push((
+        "  of which StopPodSandbox (s)".into(),
+        r.stop_s,
+        c.stop_s,
+        2,
+    ));
 
     if a.json {
         let side = |f: &Figures| {
@@ -903,8 +919,13 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
                 "daemon_rss_loaded_mib": round3(mib(f.daemon_loaded_kib as f64)),
                 "per_pod_rss_mib": round3(mib(f.per_pod_rss_kib)),
                 "per_pod_pss_mib": round3(mib(f.per_pod_pss_kib)),
-                "per_pod_processes": f.processes,
+                "per_pod_processes": f.processes.iter().map(|(k, (n, r, p))| (k.clone(), json!({
+                    "count": n,
+                    "rss_mib": round3(mib(*r as f64)),
+                    "pss_mib": round3(mib(*p as f64)),
+                }))).collect::<serde_json::Map<_, _>>(),
                 "teardown_s": round3(f.teardown_s),
+                "stop_pod_sandbox_s": round3(f.stop_s),
                 "leftovers": f.leftovers,
             })
         };
@@ -944,15 +965,22 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
             over.push(name.trim().to_owned());
         }
     }
+    let n = a.pods as f64;
     let procs = |f: &Figures| {
         f.processes
             .iter()
-            .map(|(k, v)| format!("{v}× {k}"))
+            .map(|(k, (count, rss, pss))| {
+                format!(
+                    "{count}x {k} ({:.2}/{:.2})",
+                    mib(*rss as f64) / n,
+                    mib(*pss as f64) / n
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     println!(
-        "per-pod processes over {} pods: rcd {}; containerd {}",
+        "processes added for {} pods (per-pod RSS/PSS MiB): rcd {}; containerd {}",
         a.pods,
         procs(r),
         procs(c)
