@@ -921,8 +921,8 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
                 "per_pod_pss_mib": round3(mib(f.per_pod_pss_kib)),
                 "per_pod_processes": f.processes.iter().map(|(k, (n, r, p))| (k.clone(), json!({
                     "count": n,
-                    "rss_mib": round3(mib(*r as f64)),
-                    "pss_mib": round3(mib(*p as f64)),
+                    "rss_mib_all_pods": round3(mib(*r as f64)),
+                    "pss_mib_all_pods": round3(mib(*p as f64)),
                 }))).collect::<serde_json::Map<_, _>>(),
                 "teardown_s": round3(f.teardown_s),
                 "stop_pod_sandbox_s": round3(f.stop_s),
