@@ -1,5 +1,6 @@
 //! `rbench`: benchmarks of this project's tools run side by side with their peers.
 
+mod cri;
 mod driver;
 mod pull;
 mod rnerd;
@@ -36,6 +37,9 @@ enum Cmd {
     Tasks(tasks::TasksArgs),
     /// `rnerd run --rm` vs `ctr run --rm` (containerd) vs `runr run` (the floor).
     Rnerd(rnerd::RnerdArgs),
+    /// CRI v1 as kubelet drives it: rcd vs containerd 1.6's CRI (pod start, N pods, list and
+    /// exec latency, daemon and per-pod memory, teardown).
+    Cri(cri::CriArgs),
     /// Internal: one rcd pull + unpack + record into an empty root (measured by `pull`).
     #[command(name = "__pull-child", hide = true)]
     PullChild(pull::PullChildArgs),
@@ -55,6 +59,7 @@ fn main() {
         Cmd::Shim(a) => shim::main(a),
         Cmd::Tasks(a) => tasks::main(a),
         Cmd::Rnerd(a) => rnerd::main(a),
+        Cmd::Cri(a) => cri::main(a),
     };
     if let Err(e) = r {
         eprintln!("rbench: error: {e:#}");

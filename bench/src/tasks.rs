@@ -64,7 +64,7 @@ pub(crate) fn bin_dir_with(given: Option<&Path>, bins: &[&str]) -> Result<PathBu
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -76,7 +76,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// (RSS, PSS) in KiB from smaps_rollup.
-fn rss_pss_kib(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_pss_kib(pid: u32) -> Result<(u64, u64)> {
     let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
     let f = |name: &str| {
@@ -101,6 +101,14 @@ impl Rcd {
     pub(crate) fn start(bin: &Path) -> Result<Rcd> {
         let registry = Registry::start()?;
         registry.push(busybox_image(), "library/busybox", "latest")?;
+        let rcd = Rcd::start_with(bin, registry, "")?;
+        rcd.rctr_ok(&["images", "pull", "--plain-http", &rcd.image.clone()])?;
+        Ok(rcd)
+    }
+
+    /// An rcd whose images come from `registry` (holding `library/busybox:latest`), with
+    /// `extra_config` appended to its config file; nothing pulled yet.
+    pub(crate) fn start_with(bin: &Path, registry: Registry, extra_config: &str) -> Result<Rcd> {
         let image = registry.image_ref("library/busybox", "latest");
         let dir = tempfile::Builder::new().prefix("rbench-rcd-").tempdir()?;
         let log = std::fs::File::create(dir.path().join("rcd.log"))?;
@@ -109,7 +117,8 @@ impl Rcd {
         std::fs::write(
             &config,
             format!(
-                "[networks]\npool = \"{BENCH_POOL}\"\nbridge_prefix = \"{BENCH_BRIDGE_PREFIX}\"\n"
+                "[networks]\npool = \"{BENCH_POOL}\"\nbridge_prefix = \"{BENCH_BRIDGE_PREFIX}\"\n\n\
+                 {extra_config}"
             ),
         )?;
         let mut cmd = Command::new(bin.join("rcd"));
@@ -140,12 +149,35 @@ impl Rcd {
             ensure!(Instant::now() < deadline, "rcd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        rcd.rctr_ok(&["images", "pull", "--plain-http", &rcd.image.clone()])?;
         Ok(rcd)
     }
 
     pub(crate) fn address(&self) -> PathBuf {
         self.dir.path().join("rcd.sock")
+    }
+
+    /// rcd's temp dir: config, root, state, socket, log.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after 20 s; once only (the pid is not signalled after it was
+    /// reaped).
+    pub(crate) fn stop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn rctr(&self, args: &[&str]) -> Command {
@@ -190,8 +222,7 @@ const BENCH_BRIDGE_PREFIX: &str = "rbench-";
 
 impl Drop for Rcd {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.stop();
         // the networks' bridges outlive their containers (as docker's do)
         if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
             for line in String::from_utf8_lossy(&out.stdout).lines() {

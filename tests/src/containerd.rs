@@ -552,6 +552,9 @@ pub struct CriConfig {
     pub subnet: String,
     /// Give this to pods as `linux.cgroup_parent`; removed at teardown.
     pub cgroup_parent: String,
+    /// Chain CNI's `portmap` after the bridge, as a node's usual pod network does (off: the
+    /// bridge alone).
+    pub portmap: bool,
 }
 
 impl CriConfig {
@@ -563,7 +566,35 @@ impl CriConfig {
             bridge: format!("rctl{}", pid % 100_000),
             subnet: format!("10.{}.{}.0/24", 200 + (pid / 250) % 50, pid % 250),
             cgroup_parent: format!("/rtest-cri-{pid}"),
+            portmap: false,
         }
+    }
+
+    /// The CNI conflist of this network (bridge, host-local addresses kept in `ipam_dir`,
+    /// portmap if asked); containerd adds the loopback network itself.
+    pub fn conflist(&self, ipam_dir: &Path) -> serde_json::Value {
+        let mut plugins = vec![serde_json::json!({
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.subnet}]],
+                "dataDir": ipam_dir.display().to_string(),
+            },
+        })];
+        if self.portmap {
+            plugins.push(serde_json::json!({
+                "type": "portmap",
+                "capabilities": {"portMappings": true},
+            }));
+        }
+        serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": format!("rtest-{}", self.bridge),
+            "plugins": plugins,
+        })
     }
 
     fn toml(&self) -> String {
@@ -591,21 +622,7 @@ impl CriConfig {
     fn write_files(&self, dir: &Path) -> Result<()> {
         let cni = dir.join("cni");
         std::fs::create_dir_all(&cni)?;
-        let conf = serde_json::json!({
-            "cniVersion": "0.4.0",
-            "name": format!("rtest-{}", self.bridge),
-            "plugins": [{
-                "type": "bridge",
-                "bridge": self.bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": self.subnet}]],
-                    "dataDir": dir.join("cni-ipam").display().to_string(),
-                },
-            }],
-        });
+        let conf = self.conflist(&dir.join("cni-ipam"));
         std::fs::write(cni.join("10-rtest.conflist"), conf.to_string())?;
         for host in &self.plain_http {
             let d = dir.join("certs.d").join(host);
@@ -842,6 +859,26 @@ mod tests {
         assert!(c.bridge.len() <= 15, "{}", c.bridge);
         assert!(c.subnet.starts_with("10.") && c.subnet.ends_with(".0/24"));
         assert!(c.toml().contains("restrict_oom_score_adj = true"));
+    }
+
+    #[test]
+    fn conflist_chains_portmap_when_asked() {
+        let mut c = CriConfig::new("127.0.0.1:5000/pause:3.10", &[]);
+        let types = |c: &CriConfig| {
+            c.conflist(Path::new("/ipam"))["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(types(&c), ["bridge"]);
+        c.portmap = true;
+        assert_eq!(types(&c), ["bridge", "portmap"]);
+        let l = c.conflist(Path::new("/ipam"));
+        assert_eq!(l["plugins"][0]["bridge"], c.bridge.as_str());
+        assert_eq!(l["plugins"][0]["ipam"]["dataDir"], "/ipam");
+        assert_eq!(l["plugins"][1]["capabilities"]["portMappings"], true);
     }
 
     #[test]

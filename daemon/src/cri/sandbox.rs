@@ -8,6 +8,7 @@ use crate::spec::{self, ContainerRequest, NamespaceMode, SeccompMode};
 use crate::task::{CreateOptions, IoConfig, TaskStatus};
 use k8s_cri::v1 as cri;
 use oci_spec::image::ImageConfiguration;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Status;
@@ -557,17 +558,27 @@ use std::sync::Arc;
 
 /// The sandbox's state, correcting a Ready record whose pause is gone.
 fn state_of(cri: &Cri, rec: &SandboxRecord) -> SandboxState {
-    if rec.state == SandboxState::Ready {
-        let live = cri
-            .tasks
-            .list(Some(NAMESPACE))
-            .into_iter()
-            .any(|t| t.id == rec.id && t.exit.is_none() && !t.shim_dead);
-        if !live {
-            return SandboxState::NotReady;
-        }
+    state_with(rec.state, &rec.id, &live_tasks(cri))
+}
+
+/// The ids of the CRI namespace's tasks that still run. Taken once per call: a list asking
+/// the task manager for every pod made ListPodSandbox quadratic (30 pods: 3.7x containerd's
+/// time).
+fn live_tasks(cri: &Cri) -> HashSet<String> {
+    cri.tasks
+        .list(Some(NAMESPACE))
+        .into_iter()
+        .filter(|t| t.exit.is_none() && !t.shim_dead)
+        .map(|t| t.id)
+        .collect()
+}
+
+/// A Ready sandbox whose pause task is gone is NotReady (kubelet then recreates the pod).
+fn state_with(recorded: SandboxState, id: &str, live: &HashSet<String>) -> SandboxState {
+    if recorded == SandboxState::Ready && !live.contains(id) {
+        return SandboxState::NotReady;
     }
-    rec.state
+    recorded
 }
 
 fn cri_state(s: SandboxState) -> i32 {
@@ -630,13 +641,14 @@ pub async fn status(
 
 pub fn list(cri: &Cri, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
     let f = filter.unwrap_or_default();
+    let live = live_tasks(cri);
     let mut out = vec![];
     for e in cri.store.sandboxes() {
-        let rec = e.lock().unwrap().clone();
+        let rec = e.lock().unwrap();
         if !f.id.is_empty() && !rec.id.starts_with(&f.id) {
             continue;
         }
-        let state = cri_state(state_of(cri, &rec));
+        let state = cri_state(state_with(rec.state, &rec.id, &live));
         if f.state.as_ref().is_some_and(|s| s.state != state) {
             continue;
         }
@@ -644,7 +656,7 @@ pub fn list(cri: &Cri, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSan
             continue;
         }
         out.push(cri::PodSandbox {
-            id: rec.id,
+            id: rec.id.clone(),
             metadata: rec.config.metadata.clone(),
             state,
             created_at: rec.created_at,
@@ -669,5 +681,27 @@ fn remove_cgroup(path: &str) {
                 warn!(cgroup = %dir.display(), "removing the pod cgroup: {err}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_a_live_pause() {
+        let live = HashSet::from(["a".to_owned()]);
+        assert_eq!(
+            state_with(SandboxState::Ready, "a", &live),
+            SandboxState::Ready
+        );
+        assert_eq!(
+            state_with(SandboxState::Ready, "b", &live),
+            SandboxState::NotReady
+        );
+        assert_eq!(
+            state_with(SandboxState::NotReady, "a", &live),
+            SandboxState::NotReady
+        );
     }
 }
