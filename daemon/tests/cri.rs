@@ -1109,8 +1109,16 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
     assert_eq!(info["sandboxImage"], PAUSE);
     let pid = info["pid"].as_u64().unwrap();
     // the pause runs the image's entrypoint on an overlay of the image's layer
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert_eq!(cmdline, b"/pause\0");
+    // (the runtime's start returns before its init has exec'd the entrypoint)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        if cmdline == b"/pause\0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(&cmdline));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let root = mountinfo
         .lines()
