@@ -394,12 +394,12 @@ struct Proc {
 }
 
 impl Proc {
-    /// The program's name; rcd's logger is `rcd cri-logger`.
+    /// The program's name; rcd's logger is `rcd-logger cri-logger` (or `rcd cri-logger`).
     fn label(&self) -> String {
         let a0 = self.argv.first().map(String::as_str).unwrap_or("?");
         let base = a0.rsplit('/').next().unwrap_or(a0);
         match self.argv.get(1) {
-            Some(sub) if base == "rcd" => format!("rcd {sub}"),
+            Some(sub) if base == "rcd" || base == "rcd-logger" => format!("{base} {sub}"),
             _ => base.to_owned(),
         }
     }
@@ -724,7 +724,7 @@ pub fn main(a: CriArgs) -> Result<()> {
     );
     let bin = bin_dir_with(
         a.bin_dir.as_deref(),
-        &["rcd", "containerd-shim-runr-v2", "runr"],
+        &["rcd", "rcd-logger", "containerd-shim-runr-v2", "runr"],
     )?;
     let tokio = Arc::new(
         tokio::runtime::Builder::new_current_thread()

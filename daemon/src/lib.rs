@@ -20,3 +20,15 @@ pub mod spec;
 pub mod streaming;
 pub mod task;
 pub mod unpack;
+
+/// The program shims run as a container's logger: `rcd-logger` next to this executable,
+/// else this executable itself (rcd has the same `cri-logger`/`json-logger` subcommands).
+pub fn logger_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/rcd".into());
+    let small = exe.with_file_name("rcd-logger");
+    if small.is_file() {
+        small
+    } else {
+        exe
+    }
+}

@@ -1116,7 +1116,11 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
         if cmdline == b"/pause\0" {
             break;
         }
-        assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(&cmdline));
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();

@@ -85,7 +85,7 @@ pub struct Cri {
     pub store: store::Store,
     /// `<state>/cri`: pod dirs, logger control dirs, netns.
     pub state_dir: PathBuf,
-    /// rcd's own binary (the logger).
+    /// The logger program shims run ([`crate::logger_exe`]).
     pub exe: PathBuf,
     pub streaming: std::sync::OnceLock<crate::streaming::StreamingServer>,
     pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
@@ -132,7 +132,7 @@ impl Cri {
             cni: tokio::sync::RwLock::new(cni),
             store,
             state_dir,
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rcd")),
+            exe: crate::logger_exe(),
             streaming: Default::default(),
             events,
         });

@@ -209,8 +209,7 @@ pub(crate) fn task_io(
             log.display()
         )));
     }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/rcd"));
-    let uri = binary_uri(&exe, &control, &log);
+    let uri = binary_uri(&crate::logger_exe(), &control, &log);
     // a terminal merges stderr into stdout: one stream, logged as stdout
     let terminal = io.terminal || spec_terminal(&c.spec);
     Ok(IoConfig {
