@@ -220,6 +220,46 @@ async fn always_comes_back_after_rcd_kill9_when_its_process_died_meanwhile() {
     e.remove("r1").await;
 }
 
+/// dockerd's rule: at the daemon's start an explicitly stopped `always` container runs
+/// again, an explicitly stopped `unless-stopped` one stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_always_comes_back_when_rcd_starts_unless_stopped_does_not() {
+    let mut e = env().await;
+    e.create("sa", policy("always", sh("echo up; exec sleep 1000")))
+        .await;
+    e.create("su", policy("unless-stopped", sh("exec sleep 1000")))
+        .await;
+    let pid = e.start("sa").await;
+    e.start("su").await;
+    e.wait_logs("sa", &["up\n"]).await;
+    e.stop("sa").await;
+    e.stop("su").await;
+    assert!(!alive(pid));
+    e.rcd.kill9();
+    e.rcd.spawn();
+    e.reconnect().await;
+    let pid2 = new_pid(&e, "sa", pid, Duration::from_secs(15)).await;
+    assert!(alive(pid2));
+    assert!(!e
+        .labels("sa")
+        .await
+        .contains_key(labels::EXPLICITLY_STOPPED));
+    e.wait_logs("sa", &["up\n", "up\n"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = e.task("su").await.unwrap();
+    assert_eq!(t.status, pb::TaskStatus::Stopped as i32, "{t:?}");
+    assert_eq!(
+        e.labels("su")
+            .await
+            .get(labels::EXPLICITLY_STOPPED)
+            .map(String::as_str),
+        Some("true")
+    );
+    e.stop("sa").await;
+    e.remove("sa").await;
+    e.remove("su").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_during_backoff_leaks_nothing() {
     let e = env().await;

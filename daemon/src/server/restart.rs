@@ -1,7 +1,8 @@
 //! Restart policies (`rcd.io/restart`), kept by rcd itself as docker's daemon keeps them.
 //!
 //! The monitor listens to the task manager's events: on the exit of a container's init it
-//! decides with [`should_restart`] (always / unless-stopped unless `rcd.io/explicitly-stopped`,
+//! decides with [`should_restart`] (always / unless-stopped unless `rcd.io/explicitly-stopped`
+//! — which `always` forgets when rcd starts, as dockerd does —,
 //! on-failure[:N] on a non-zero exit while `rcd.io/restart-count` < N), waits docker's backoff
 //! (100 ms, doubled per restart up to a minute, back to 100 ms once a task ran 10 s), then
 //! deletes the old task and creates and starts a new one through
@@ -324,7 +325,7 @@ fn spawn_auto_remove(rt: Arc<Runtime>, ns: String, id: String) {
 pub(crate) fn start(rt: Arc<Runtime>) {
     let mut rx = rt.tasks.subscribe();
     tokio::spawn(async move {
-        scan(&rt).await;
+        scan(&rt, true).await;
         loop {
             match rx.recv().await {
                 Ok(ev) => {
@@ -343,7 +344,7 @@ pub(crate) fn start(rt: Arc<Runtime>) {
                 }
                 Err(RecvError::Lagged(n)) => {
                     warn!("restart monitor: {n} task events lost: scanning every container");
-                    scan(&rt).await;
+                    scan(&rt, false).await;
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -352,8 +353,9 @@ pub(crate) fn start(rt: Arc<Runtime>) {
 }
 
 /// Every container whose policy asks for it and whose task is stopped or gone is restarted
-/// now (start-up, or events lost).
-async fn scan(rt: &Arc<Runtime>) {
+/// now (start-up, or events lost). At the daemon's start, `always` also brings back a
+/// container a client stopped (docker's rule: only `unless-stopped` stays down then).
+async fn scan(rt: &Arc<Runtime>, daemon_start: bool) {
     let namespaces = match rt.d.md.read(|tx| tx.all_namespaces()) {
         Ok(n) => n,
         Err(e) => {
@@ -390,7 +392,19 @@ async fn scan(rt: &Arc<Runtime>) {
                 }
                 continue;
             }
-            if should_restart(&c.labels, status) {
+            let stopped_always = daemon_start
+                && Policy::of(&c.labels) == Policy::Always
+                && c.labels.get(labels::EXPLICITLY_STOPPED).map(String::as_str) == Some("true");
+            if stopped_always {
+                if let Err(e) =
+                    update_labels(rt, &ns, &c.id, vec![(labels::EXPLICITLY_STOPPED, None)]).await
+                {
+                    warn!(namespace = %ns, id = %c.id, "clearing an explicit stop: {e}");
+                    continue;
+                }
+                info!(namespace = %ns, id = %c.id, "starting a stopped `always` container with the daemon");
+                schedule(rt.clone(), ns.clone(), c.id.clone(), status, Duration::ZERO);
+            } else if should_restart(&c.labels, status) {
                 info!(namespace = %ns, id = %c.id, "restarting a container whose task ended while rcd was away");
                 schedule(rt.clone(), ns.clone(), c.id.clone(), status, Duration::ZERO);
             }
