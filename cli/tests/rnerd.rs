@@ -392,6 +392,24 @@ fn detached_ps_exec_inspect_stop_start_rm() {
     // the name is taken
     let err = e.fails(125, &["run", "-d", "--name", "web", &e.image, "true"]);
     assert!(err.contains("\"web\" is taken"), "{err}");
+    // four clients racing for one name: exactly one wins, the others are told it is taken
+    let racers: Vec<_> = (0..4)
+        .map(|_| spawn_tied(e.cmd(&["create", "--name", "race", &e.image, "true"])).unwrap())
+        .collect();
+    let outs: Vec<Output> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(won, 1, "{outs:?}");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(o.status.code(), Some(125), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("\"race\" is taken"),
+            "{o:?}"
+        );
+    }
+    e.ok(&["rm", "race"]);
     // top and stats see it
     let top = e.ok(&["top", "web"]);
     assert!(top.contains("sleep 300"), "{top}");

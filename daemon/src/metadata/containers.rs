@@ -142,7 +142,28 @@ impl WriteTx<'_> {
                 name: c.id.clone(),
             });
         }
+        self.check_name_free(ns, c)?;
         self.put(CONTAINERS, &key(ns, &c.id), &encode(c))
+    }
+
+    /// A container's `rcd.io/name` (rnerd's names) is unique in its namespace: checked in
+    /// the transaction that writes it, so two clients racing for one name cannot both win.
+    fn check_name_free(&self, ns: &str, c: &ContainerRecord) -> Result<()> {
+        let Some(name) = c.labels.get(rcd_proto::labels::NAME) else {
+            return Ok(());
+        };
+        let taken = self
+            .containers(ns)?
+            .into_iter()
+            .any(|o| o.id != c.id && o.labels.get(rcd_proto::labels::NAME) == Some(name));
+        if taken {
+            return Err(MetadataError::AlreadyExists {
+                what: "container name",
+                namespace: ns.to_owned(),
+                name: name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Replaces a container's record; `NotFound` if it is gone.
@@ -156,6 +177,7 @@ impl WriteTx<'_> {
                 name: c.id.clone(),
             });
         }
+        self.check_name_free(ns, c)?;
         self.put(CONTAINERS, &key(ns, &c.id), &encode(c))
     }
 
@@ -201,6 +223,42 @@ mod tests {
             created: Utc::now(),
             updated: Utc::now(),
         }
+    }
+
+    #[test]
+    fn names_are_unique_per_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::open(dir.path().join("meta.db")).unwrap();
+        md.open_container_tables().unwrap();
+        let named = |id: &str, name: &str| {
+            let mut r = rec(id);
+            r.labels.insert(rcd_proto::labels::NAME.into(), name.into());
+            r
+        };
+        md.write(|tx| tx.create_container("ns1", &named("c1", "web")))
+            .unwrap();
+        let e = md
+            .write(|tx| tx.create_container("ns1", &named("c2", "web")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "container name \"web\" already exists in namespace \"ns1\""
+        );
+        // another namespace, another name, or no name: fine
+        md.write(|tx| tx.create_container("ns2", &named("c2", "web")))
+            .unwrap();
+        md.write(|tx| tx.create_container("ns1", &named("c2", "db")))
+            .unwrap();
+        md.write(|tx| tx.create_container("ns1", &rec("c3")))
+            .unwrap();
+        // a rename onto a taken name fails; an update keeping its own name does not
+        let e = md
+            .write(|tx| tx.update_container("ns1", &named("c2", "web")))
+            .unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        md.write(|tx| tx.update_container("ns1", &named("c1", "web")))
+            .unwrap();
     }
 
     #[test]

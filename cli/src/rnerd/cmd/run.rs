@@ -360,11 +360,16 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         labels,
         runtime: String::new(),
     };
-    ctx.client
-        .containers()
-        .create(req)
-        .await
-        .map_err(|s| images::not_found_hint(ctx, s, &a.image))?;
+    ctx.client.containers().create(req).await.map_err(|s| {
+        // another client took the name since the check above: rcd's record is the lock
+        if s.code() == tonic::Code::AlreadyExists && s.message().contains("container name") {
+            anyhow::anyhow!(
+                "the name {name:?} is taken: remove it (`rnerd rm -f {name}`) or choose another"
+            )
+        } else {
+            images::not_found_hint(ctx, s, &a.image)
+        }
+    })?;
     if !start {
         println!("{id}");
         return Ok(());
