@@ -170,8 +170,6 @@ impl Publisher {
             .spawn(move || {
                 while let Ok(q) = rx.recv() {
                     sink.send_burst(q, &rx);
-                    // the client code just run is resident now, and the shim idles again
-                    crate::drop_mapped_text();
                 }
                 done.store(true, Ordering::SeqCst);
                 on_drained();
