@@ -410,7 +410,7 @@ fn serve(a: &Args) -> Result<()> {
     // lost the task's /tasks/delete (one `publish` process per event, still running): the
     // main thread keeps reaping until the publisher is done, for at most EVENTS_GRACE.
     const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-    let mut closing = false;
+    let mut closing = None;
     loop {
         match mask.wait() {
             Ok(Signal::SIGCHLD) => {
@@ -419,8 +419,8 @@ fn serve(a: &Args) -> Result<()> {
                 }
             }
             Ok(Signal::SIGUSR1) if svc.shutting_down() => {
-                if !closing {
-                    closing = true;
+                if closing.is_none() {
+                    closing = Some(std::time::Instant::now());
                     svc.close_events();
                     let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| {
                         std::thread::sleep(EVENTS_GRACE);
@@ -431,7 +431,7 @@ fn serve(a: &Args) -> Result<()> {
                     break;
                 }
             }
-            Ok(Signal::SIGUSR2) if closing => {
+            Ok(Signal::SIGUSR2) if closing.is_some() => {
                 tracing::warn!("events still queued at shutdown after {EVENTS_GRACE:?}: dropped");
                 break;
             }
@@ -439,8 +439,14 @@ fn serve(a: &Args) -> Result<()> {
             Err(_) => {}
         }
     }
-    // Let the Shutdown reply go out before the process ends.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Let the Shutdown reply go out before the process ends: its server thread writes it
+    // right after the handler raised SIGUSR1, usually long before the events are drained.
+    // The daemon waits for this exit (and takes a connection closed by it as success), so
+    // every millisecond slept here is added to each task delete.
+    const REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(3);
+    if let Some(left) = closing.and_then(|t| REPLY_GRACE.checked_sub(t.elapsed())) {
+        std::thread::sleep(left);
+    }
     if !a.address.is_empty() {
         let _ = std::fs::remove_file(socket_path(&a.address, &a.namespace, &a.id));
     }

@@ -288,6 +288,9 @@ impl CniExec {
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?;
+        if let Some(done) = self.in_process(cmd, list, plugin, rt, prev).await {
+            return done;
+        }
         let stdin = plugin_stdin(list, plugin, prev, &rt.capability_args);
         let cni_path = std::env::join_paths(&self.plugin_dirs)
             .unwrap_or_default()
@@ -386,6 +389,134 @@ impl CniExec {
                 reason: format!("result is not JSON: {e}"),
             })
     }
+}
+
+impl CniExec {
+    /// What two plugins of every chain do, done without a process (each exec costs a few ms
+    /// of a container start): `portmap` with no port mappings passes `prevResult` through
+    /// and creates nothing (so its DEL and CHECK have nothing to do either), and `loopback`
+    /// only sets `lo` up (down on DEL) and reports its addresses. `None`: run the plugin.
+    async fn in_process(
+        &self,
+        cmd: Command,
+        list: &NetworkConfigList,
+        plugin: &PluginConfig,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Option<Result<Option<Value>, CniError>> {
+        let started = std::time::Instant::now();
+        let done = match plugin.plugin_type.as_str() {
+            "portmap" if !has_port_mappings(plugin, &rt.capability_args) => match cmd {
+                // as a first plugin (no prevResult) portmap fails: let it say so
+                Command::Add => Ok(Some(prev?.clone())),
+                Command::Del | Command::Check => Ok(None),
+            },
+            "loopback"
+                if rt.ifname == "lo"
+                    && cmd != Command::Check
+                    && list.version() >= (0, 3, 0)
+                    && plugin.config.keys().all(|k| k == "type") =>
+            {
+                let Some(netns) = rt.netns.clone() else {
+                    // the namespace is gone, and lo with it
+                    return Some(Ok(None));
+                };
+                let up = cmd == Command::Add;
+                let set = tokio::task::spawn_blocking(move || loopback(&netns, up)).await;
+                let fail = |reason: String| CniError::PluginFailed {
+                    network: list.name.clone(),
+                    plugin: plugin.plugin_type.clone(),
+                    command: cmd.as_str(),
+                    reason,
+                };
+                match set {
+                    Ok(Ok(v6)) if up => Ok(Some(loopback_result(
+                        &list.cni_version,
+                        rt.netns.as_deref().expect("checked"),
+                        v6,
+                    ))),
+                    Ok(Ok(_)) => Ok(None),
+                    Ok(Err(e)) => Err(fail(e)),
+                    Err(e) => Err(fail(e.to_string())),
+                }
+            }
+            _ => return None,
+        };
+        tracing::debug!(network = %list.name, plugin = %plugin.plugin_type, command = cmd.as_str(),
+            id = %rt.container_id, elapsed = ?started.elapsed(), "cni plugin (in rcd)");
+        Some(done)
+    }
+}
+
+/// Whether `plugin` gets port mappings: declared and passed, or in its own `runtimeConfig`.
+fn has_port_mappings(plugin: &PluginConfig, capability_args: &Map<String, Value>) -> bool {
+    let non_empty = |v: Option<&Value>| v.is_some_and(|v| !v.as_array().is_some_and(Vec::is_empty));
+    (plugin.has_capability("portMappings") && non_empty(capability_args.get("portMappings")))
+        || non_empty(
+            plugin
+                .config
+                .get("runtimeConfig")
+                .and_then(|r| r.get("portMappings")),
+        )
+}
+
+/// Sets `lo` of the namespace at `netns` up or down, as the loopback plugin does; returns
+/// whether `lo` has `::1` (IPv6 on in that namespace).
+fn loopback(netns: &Path, up: bool) -> Result<bool, String> {
+    let ns = super::netns::NetNs::open(netns).map_err(|e| e.to_string())?;
+    ns.run(move || -> Result<bool, String> {
+        // SAFETY: a socket we close below; SIOC[GS]IFFLAGS on an ifreq we own, named "lo".
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *c as libc::c_char;
+            }
+            let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
+            if r == 0 {
+                let flags = ifr.ifr_ifru.ifru_flags;
+                let iff_up = libc::IFF_UP as libc::c_short;
+                ifr.ifr_ifru.ifru_flags = if up { flags | iff_up } else { flags & !iff_up };
+                r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+            }
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                return Err(format!(
+                    "setting lo {}: {err}",
+                    if up { "up" } else { "down" }
+                ));
+            }
+        }
+        // this thread's namespace, not rcd's
+        let v6 = std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+            .map(|t| {
+                t.lines().any(|l| {
+                    l.starts_with("00000000000000000000000000000001 ")
+                        && l.split_whitespace().last() == Some("lo")
+                })
+            })
+            .unwrap_or(false);
+        Ok(v6)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// The loopback plugin's ADD result.
+fn loopback_result(cni_version: &str, netns: &Path, v6: bool) -> Value {
+    let mut ips = vec![serde_json::json!({"interface": 0, "address": "127.0.0.1/8"})];
+    if v6 {
+        ips.push(serde_json::json!({"interface": 0, "address": "::1/128"}));
+    }
+    serde_json::json!({
+        "cniVersion": cni_version,
+        "interfaces": [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": netns}],
+        "ips": ips,
+        "dns": {},
+    })
 }
 
 /// The stdin of one plugin: its own config plus the list's `name` and `cniVersion`, the
@@ -507,6 +638,36 @@ mod tests {
         assert_eq!(second["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
         assert_eq!(second["runtimeConfig"]["other"], 1);
         assert!(second["runtimeConfig"].get("bandwidth").is_none());
+    }
+
+    #[test]
+    fn portmap_runs_only_with_port_mappings() {
+        let l = list();
+        let pm = &l.plugins[1];
+        assert_eq!(pm.plugin_type, "portmap");
+        let mut caps = Map::new();
+        assert!(!has_port_mappings(pm, &caps));
+        caps.insert("portMappings".into(), serde_json::json!([]));
+        assert!(!has_port_mappings(pm, &caps));
+        caps.insert(
+            "portMappings".into(),
+            serde_json::json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
+        assert!(has_port_mappings(pm, &caps));
+        // not declared: the plugin would not get them
+        assert!(!has_port_mappings(&l.plugins[0], &caps));
+    }
+
+    #[test]
+    fn loopback_result_is_the_plugins() {
+        let r = loopback_result("1.0.0", Path::new("/run/netns/x"), true);
+        let parsed: CniResult = serde_json::from_value(r.clone()).unwrap();
+        assert_eq!(parsed.sandbox_ips("lo").len(), 2, "{r}");
+        assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
+        let r = loopback_result("0.4.0", Path::new("/x"), false);
+        assert_eq!(r["ips"].as_array().unwrap().len(), 1);
+        assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
+        assert_eq!(r["cniVersion"], "0.4.0");
     }
 
     #[test]

@@ -242,6 +242,22 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 
 /// Waits up to `limit` for `pid` to go away.
 pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
+    if !process_alive(pid) {
+        return true;
+    }
+    // A pidfd turns readable the moment the process exits (a zombie counts): no polling
+    // interval added to every task delete. Shims are not rcd's children, so no SIGCHLD.
+    if let Some(fd) = pidfd_open(pid) {
+        use tokio::io::{unix::AsyncFd, Interest};
+        // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, unchanged, as long
+        // as it lives.
+        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            return match tokio::time::timeout(limit, afd.readable()).await {
+                Ok(Ok(_)) => true,
+                _ => !process_alive(pid),
+            };
+        }
+    }
     let deadline = tokio::time::Instant::now() + limit;
     while process_alive(pid) {
         if tokio::time::Instant::now() >= deadline {
@@ -252,9 +268,36 @@ pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
     true
 }
 
+/// `pidfd_open(2)`; `None` on kernels before 5.3 or when `pid` is gone.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall with integer arguments; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wait_gone_returns_at_the_exit() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(
+            !wait_gone(pid, Duration::from_millis(20)).await,
+            "still running"
+        );
+        let t = std::time::Instant::now();
+        assert!(wait_gone(pid, Duration::from_secs(5)).await);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // a zombie is gone too
+        assert!(wait_gone(pid, Duration::from_millis(1)).await);
+        child.wait().unwrap();
+    }
 
     #[test]
     fn start_output() {
