@@ -32,7 +32,13 @@ struct Proc {
     held: Held,
     /// An exec's process.json, written at Exec, used at Start.
     spec: Option<PathBuf>,
+    /// An exit reaped while the tty copier still drained the pty, and when it was reaped.
+    pending: Option<(Exit, std::time::Instant)>,
 }
+
+/// How long an exit waits for its terminal's output to be passed on (a background process
+/// still holding the pty would hold it back for ever).
+const TTY_DRAIN: Duration = Duration::from_secs(1);
 
 impl Proc {
     fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Proc {
@@ -46,6 +52,7 @@ impl Proc {
             terminal,
             held: Held::default(),
             spec: None,
+            pending: None,
         }
     }
 
@@ -220,10 +227,40 @@ impl Service {
                 if p.pid <= 0 || p.exit.is_some() {
                     continue;
                 }
-                if let Some(e) = self.reaper.take(p.pid) {
-                    self.exited(cid, exec_id, &c.bundle, p, e);
-                    changed = true;
+                let held_back = p.pending.is_some();
+                let reaped = match p.pending.take() {
+                    Some(pending) => Some(pending),
+                    None => self
+                        .reaper
+                        .take(p.pid)
+                        .map(|e| (e, std::time::Instant::now())),
+                };
+                let Some((e, at)) = reaped else {
+                    continue;
+                };
+                // A client reading the terminal must get all of its output before the exit
+                // (as containerd's shims shut the console copy down first): the copier's
+                // end wakes this loop again, the watchdog at the latest.
+                let draining = p
+                    .held
+                    .tty_done
+                    .as_ref()
+                    .is_some_and(|d| !d.load(std::sync::atomic::Ordering::SeqCst));
+                if draining && at.elapsed() < TTY_DRAIN {
+                    p.pending = Some((e, at));
+                    if !held_back {
+                        let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| {
+                            std::thread::sleep(TTY_DRAIN);
+                            // SAFETY: kill(2) on this process with the loop's signal.
+                            unsafe {
+                                libc::kill(libc::getpid(), libc::SIGCHLD);
+                            }
+                        });
+                    }
+                    continue;
                 }
+                self.exited(cid, exec_id, &c.bundle, p, e);
+                changed = true;
             }
         }
         if changed {

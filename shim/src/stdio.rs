@@ -31,6 +31,8 @@ pub struct Held {
     pub readers: Vec<File>,
     /// The pty master (for ResizePty).
     pub console: Option<File>,
+    /// Set when the tty copier has passed on everything the pty held (it hung up).
+    pub tty_done: Option<Arc<AtomicBool>>,
 }
 
 /// The fds the runtime passes on to the process; dropped once the runtime has run.
@@ -444,10 +446,20 @@ pub fn start_tty_copy(
     let master = master
         .try_clone()
         .map_err(|e| Error::Io("pty master".into(), e))?;
+    let done = Arc::new(AtomicBool::new(false));
+    held.tty_done = Some(done.clone());
     std::thread::Builder::new()
         .name("tty".into())
         .stack_size(64 * 1024)
-        .spawn(move || copy_tty(master, input, output))
+        .spawn(move || {
+            copy_tty(master, input, output);
+            done.store(true, Ordering::SeqCst);
+            // wakes the signal loop: an exit it holds back for this copier goes out now
+            // SAFETY: kill(2) on this very process with a signal its loop waits for.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGCHLD);
+            }
+        })
         .map_err(|e| Error::Io("starting the tty copier".into(), e))?;
     Ok(())
 }
