@@ -63,6 +63,23 @@ impl Env {
         err
     }
 
+    /// Creates a container from `config` (written as `<name>.json`) in `pod` and starts it;
+    /// its id.
+    fn start_in(&self, pod: &str, pod_cfg: &Path, name: &str, config: &Value) -> String {
+        let cfg = self.write(&format!("{name}.json"), config);
+        let id = self
+            .ok(&[
+                "create",
+                pod,
+                cfg.to_str().unwrap(),
+                pod_cfg.to_str().unwrap(),
+            ])
+            .trim()
+            .to_owned();
+        self.ok(&["start", &id]);
+        id
+    }
+
     fn write(&self, name: &str, v: &Value) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
@@ -603,8 +620,10 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
 
     // attach: stdin to a container reading one line, over both transports
     for transport in ["spdy", "websocket"] {
-        let cfg = env.write(
-            &format!("ctr-cat-{transport}.json"),
+        let cat = env.start_in(
+            &pod,
+            &pod_cfg,
+            &format!("ctr-cat-{transport}"),
             &serde_json::json!({
                 "metadata": {"name": format!("cat-{transport}")},
                 "image": {"image": busybox},
@@ -615,16 +634,6 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
                 "log_path": format!("cat-{transport}/0.log"),
             }),
         );
-        let cat = env
-            .ok(&[
-                "create",
-                &pod,
-                cfg.to_str().unwrap(),
-                pod_cfg.to_str().unwrap(),
-            ])
-            .trim()
-            .to_owned();
-        env.ok(&["start", &cat]);
         // The container ends by itself once it has read a line: attach then ends too.
         let o = run_with(
             env.cmd(&["attach", "-i", "--transport", transport, &cat]),
@@ -647,8 +656,10 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
         env.ok(&["rm", "-f", &cat]);
 
         // a terminal: input echoed by the tty, stdin_once closes it when the client's ends
-        let cfg = env.write(
-            &format!("ctr-tty-{transport}.json"),
+        let tty = env.start_in(
+            &pod,
+            &pod_cfg,
+            &format!("ctr-tty-{transport}"),
             &serde_json::json!({
                 "metadata": {"name": format!("tty-{transport}")},
                 "image": {"image": busybox},
@@ -659,16 +670,6 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
                 "log_path": format!("tty-{transport}/0.log"),
             }),
         );
-        let tty = env
-            .ok(&[
-                "create",
-                &pod,
-                cfg.to_str().unwrap(),
-                pod_cfg.to_str().unwrap(),
-            ])
-            .trim()
-            .to_owned();
-        env.ok(&["start", &tty]);
         let o = run_with(
             env.cmd(&["attach", "-i", "-t", "--transport", transport, &tty]),
             Some(b"on-a-tty\n"),
@@ -689,8 +690,10 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
         if !t.rcd {
             continue;
         }
-        let cfg = env.write(
-            &format!("ctr-once-{transport}.json"),
+        let once = env.start_in(
+            &pod,
+            &pod_cfg,
+            &format!("ctr-once-{transport}"),
             &serde_json::json!({
                 "metadata": {"name": format!("once-{transport}")},
                 "image": {"image": busybox},
@@ -700,16 +703,6 @@ fn suite(env: &Env, t: &Target, busybox: &str, private: &Registry) {
                 "log_path": format!("once-{transport}/0.log"),
             }),
         );
-        let once = env
-            .ok(&[
-                "create",
-                &pod,
-                cfg.to_str().unwrap(),
-                pod_cfg.to_str().unwrap(),
-            ])
-            .trim()
-            .to_owned();
-        env.ok(&["start", &once]);
         let o = run_timeout(
             env.cmd(&["attach", "-i", "--transport", transport, &once]),
             Some(b"line-1\nline-2\n"),

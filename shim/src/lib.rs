@@ -414,9 +414,10 @@ fn serve(a: &Args) -> Result<()> {
     loop {
         match mask.wait() {
             Ok(Signal::SIGCHLD) => {
-                if !reaper.reap().is_empty() {
-                    svc.on_exits();
-                }
+                // also when nothing was reaped: the tty copier raises SIGCHLD to release an
+                // exit it held back
+                reaper.reap();
+                svc.on_exits();
             }
             Ok(Signal::SIGUSR1) if svc.shutting_down() => {
                 if closing.is_none() {
