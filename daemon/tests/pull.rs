@@ -408,11 +408,19 @@ async fn registry_stopped_mid_pull_then_resume() {
     let reg = Arc::new(Mutex::new(reg));
     let (_d, p) = puller(RegistryConfig::default()).await;
 
-    // kill the registry once the layer is 1 MiB in
+    // kill the registry once the layer is 1 MiB in and the config (fetched alongside it) is
+    // committed: cut earlier, a loaded machine can fail the config's request instead
     let r = reg.clone();
+    let config_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let opts = PullOptions {
         progress: Some(Arc::new(move |e: &Progress| {
-            if e.kind == BlobKind::Layer && e.offset >= 1 << 20 {
+            use std::sync::atomic::Ordering::SeqCst;
+            if e.kind == BlobKind::Config
+                && matches!(e.state, ProgressState::Done | ProgressState::Exists)
+            {
+                config_done.store(true, SeqCst);
+            }
+            if e.kind == BlobKind::Layer && e.offset >= 1 << 20 && config_done.load(SeqCst) {
                 let mut reg = r.lock().unwrap();
                 if reg.is_running() {
                     reg.stop();
