@@ -63,10 +63,27 @@ pub fn compat_bundle_dir(root: &Path, id: &str) -> PathBuf {
 ///   loads the seccomp filter at a point where loading fails; absent means the same as false.
 /// - relative `root.path` and bind-mount sources are made absolute (they are relative to the
 ///   real bundle, not to the rewritten one).
-pub fn libcontainer_compat(spec: &Spec, bundle: &Path) -> Option<Spec> {
+/// - with `own_seccomp` (runr installs the filter itself, `crate::seccomp`), `linux.seccomp` is
+///   taken out, and CAP_SYS_ADMIN put in the permitted set when the plan borrows it.
+pub fn libcontainer_compat(
+    spec: &Spec,
+    bundle: &Path,
+    own_seccomp: Option<crate::seccomp::Privilege>,
+) -> Option<Spec> {
     use oci_spec::runtime::LinuxSeccompOperator;
     let mut out = spec.clone();
     let mut changed = false;
+    if let Some(privilege) = own_seccomp {
+        if let Some(l) = out.linux_mut().as_mut() {
+            l.set_seccomp(None);
+            changed = true;
+        }
+        if privilege == (crate::seccomp::Privilege::Borrow { added: true }) {
+            if let Some(p) = out.process_mut().as_mut() {
+                crate::seccomp::lend_sys_admin(p);
+            }
+        }
+    }
     if let Some(seccomp) = out
         .linux_mut()
         .as_mut()
@@ -542,10 +559,12 @@ mod tests {
     #[test]
     fn compat_swaps_masked_eq_and_drops_false_no_new_privileges() {
         let mut v = valid();
-        assert!(
-            libcontainer_compat(&serde_json::from_value(v.clone()).unwrap(), Path::new("/b"))
-                .is_none()
-        );
+        assert!(libcontainer_compat(
+            &serde_json::from_value(v.clone()).unwrap(),
+            Path::new("/b"),
+            None
+        )
+        .is_none());
         v["linux"]["seccomp"] = serde_json::json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [
@@ -561,7 +580,7 @@ mod tests {
             {"destination": "/proc", "type": "proc", "source": "proc"}
         ]);
         let spec: Spec = serde_json::from_value(v).unwrap();
-        let out = libcontainer_compat(&spec, Path::new("/b")).unwrap();
+        let out = libcontainer_compat(&spec, Path::new("/b"), None).unwrap();
         let out = serde_json::to_value(&out).unwrap();
         let clone = &out["linux"]["seccomp"]["syscalls"][0]["args"][0];
         assert_eq!(clone["value"], 0);

@@ -4,23 +4,31 @@ use libcontainer::workload::{
     default::get_executor, Executor, ExecutorError, ExecutorValidationError,
 };
 use oci_spec::runtime::{LinuxSeccomp, Spec};
+use runr::seccomp::{Filter, Privilege};
 
 /// libcontainer's default executor, preceded by a reset of signal dispositions and the signal
 /// mask: runr ignores SIGPIPE (so a hook that closes its stdin early cannot kill it), and an
 /// ignored signal stays ignored across exec. The workload must start with the defaults, as it
 /// does under runc.
 ///
-/// For `exec`, it also loads the container's seccomp filter: libcontainer 0.7 rebuilds the
-/// spec of an exec'd process without `linux.seccomp`, so the process would run unfiltered
-/// (runc filters it like the container's init).
+/// It also installs the seccomp filter runr compiled (or found cached) for the process, when
+/// runr handles the profile (`runr::seccomp`), borrowing CAP_SYS_ADMIN as planned. For an
+/// `exec` whose profile runr leaves to libcontainer, it loads it through libcontainer:
+/// libcontainer 0.7 rebuilds the spec of an exec'd process without `linux.seccomp`, so the
+/// process would run unfiltered (runc filters it like the container's init).
 #[derive(Clone, Default)]
 pub struct RunrExecutor {
+    pub filter: Option<(Filter, Privilege)>,
     pub exec_seccomp: Option<LinuxSeccomp>,
 }
 
 impl Executor for RunrExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signals();
+        if let Some((filter, privilege)) = &self.filter {
+            runr::seccomp::install_with(filter, *privilege)
+                .map_err(|e| ExecutorError::Other(format!("installing the seccomp filter: {e}")))?;
+        }
         if let Some(seccomp) = &self.exec_seccomp {
             load_exec_seccomp(seccomp)?;
         }

@@ -581,9 +581,11 @@ impl Runtime {
     pub fn root_entries(&self) -> Vec<String> {
         fs::read_dir(self.root())
             .map(|rd| {
+                // `.seccomp` is runr's cache of compiled filters, shared by containers
                 rd.flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".seccomp")
                     .collect()
             })
             .unwrap_or_default()

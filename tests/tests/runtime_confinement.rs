@@ -296,6 +296,79 @@ fn seccomp_errno_rule() {
 }
 
 #[test]
+fn seccomp_filter_is_compiled_once_and_lends_no_capability() {
+    // runr compiles a profile once (kept under <root>/.seccomp) and installs it just before
+    // exec, borrowing CAP_SYS_ADMIN when no_new_privs is off: the workload must still end up
+    // with exactly the spec's capabilities, no_new_privs off, and the filter on
+    let rt = Runtime::new();
+    let profile = |deny_capset: bool| {
+        let mut rules = vec![json!({"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"})];
+        if deny_capset {
+            rules.push(json!({"names": ["capset"], "action": "SCMP_ACT_ERRNO"}));
+        }
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": rules
+        })
+    };
+    let script = "grep -E '^(Seccomp|NoNewPrivs|CapPrm|CapEff):' /proc/self/status; \
+                  mkdir /tmp/d && echo mkdir-ok; true";
+    let cached = || {
+        std::fs::read_dir(rt.root().join(".seccomp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut caps = None;
+    for round in 0..2 {
+        let out = sh(&rt, "sccache", script, |b| {
+            b.linux()["seccomp"] = profile(false);
+            b.process()["noNewPrivileges"] = json!(false);
+            caps = Some(b.process()["capabilities"]["permitted"].clone());
+        })
+        .ok();
+        assert_eq!(
+            status_field(&out.stdout, "Seccomp"),
+            "2",
+            "round {round}: {out:?}"
+        );
+        assert_eq!(status_field(&out.stdout, "NoNewPrivs"), "0", "{out:?}");
+        for f in ["CapPrm", "CapEff"] {
+            let got = u64::from_str_radix(&status_field(&out.stdout, f), 16).unwrap();
+            assert_eq!(got & (1 << 21), 0, "{f} holds CAP_SYS_ADMIN: {out:?}");
+        }
+        assert_eq!(
+            status_field(&out.stdout, "CapPrm"),
+            status_field(&out.stdout, "CapEff"),
+            "{out:?}"
+        );
+        assert!(!out.stdout.contains("mkdir-ok"), "{out:?}");
+        assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+        assert_eq!(cached(), 1, "round {round}");
+    }
+    let caps = caps.unwrap();
+    assert!(
+        !caps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"),
+        "the bundle itself must not grant CAP_SYS_ADMIN: {caps}"
+    );
+    // a profile that forbids capset is left to libcontainer, which loads it before its own
+    // capability drop, as runc does: that drop is then refused and the container does not
+    // start (under runc too); nothing of it is cached
+    let id = rt.id("sccapset");
+    let mut b = rt.busybox(&id, &["sh", "-c", script]);
+    b.linux()["seccomp"] = profile(true);
+    b.process()["noNewPrivileges"] = json!(false);
+    b.save().unwrap();
+    rt.run_fg(&b, &id).fails_mentioning(&["failed"]);
+    rt.assert_no_leftovers(&id);
+    assert_eq!(cached(), 1);
+}
+
+#[test]
 fn seccomp_masked_eq_takes_value_as_mask_and_value_two_as_datum() {
     // OCI: value = mask, valueTwo = datum (libseccomp's order). Deny chmod when
     // (mode & 0o700) == 0o500: mode 0500 is refused, 0700 is not; the swapped reading

@@ -262,10 +262,30 @@ fn exec_is_confined_by_the_containers_seccomp_filter() {
     });
     b.save().unwrap();
     rt.run_detached(&b, &id);
+    // no_new_privs stays off, as in the container's init (runr borrows CAP_SYS_ADMIN for the
+    // filter's installation and gives it back before the exec)
     let out = rt
-        .exec(&id, &["grep", "^Seccomp:", "/proc/self/status"])
+        .exec(
+            &id,
+            &[
+                "grep",
+                "-E",
+                "^(Seccomp|NoNewPrivs|CapPrm):",
+                "/proc/self/status",
+            ],
+        )
         .ok();
-    assert_eq!(out.stdout.split_whitespace().nth(1), Some("2"), "{out:?}");
+    let field = |f: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{f}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {f}: {out:?}"))
+    };
+    assert_eq!(field("Seccomp"), "2", "{out:?}");
+    assert_eq!(field("NoNewPrivs"), "0", "{out:?}");
+    let prm = u64::from_str_radix(&field("CapPrm"), 16).unwrap();
+    assert_eq!(prm & (1 << 21), 0, "CAP_SYS_ADMIN left permitted: {out:?}");
     let out = rt
         .exec(&id, &["sh", "-c", "mkdir /tmp/d && echo made"])
         .code_is(1);

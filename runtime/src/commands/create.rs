@@ -43,16 +43,22 @@ pub fn create(g: &Global, a: &Create, mode: Mode) -> Result<i32> {
     if foreground {
         foreground::become_subreaper();
     }
+    let nnp = spec.process().as_ref().and_then(|p| p.no_new_privileges()) == Some(true);
+    let filter = runr::seccomp::plan(&spec, spec.process().as_ref(), nnp, &root)?;
     let compat = runr::bundle::compat_bundle_dir(&root, &a.id);
-    let given_bundle = match runr::bundle::libcontainer_compat(&spec, &bundle) {
-        Some(fixed) => {
-            write_compat_bundle(&compat, &fixed)?;
-            compat.clone()
-        }
-        None => bundle.clone(),
-    };
+    let given_bundle =
+        match runr::bundle::libcontainer_compat(&spec, &bundle, filter.as_ref().map(|f| f.1)) {
+            Some(fixed) => {
+                write_compat_bundle(&compat, &fixed)?;
+                compat.clone()
+            }
+            None => bundle.clone(),
+        };
     let built = ContainerBuilder::new(a.id.clone(), SyscallType::default())
-        .with_executor(RunrExecutor::default())
+        .with_executor(RunrExecutor {
+            filter,
+            exec_seccomp: None,
+        })
         .with_pid_file(a.pid_file.as_ref())?
         .with_console_socket(console_path.as_ref())
         .with_root_path(&root)?

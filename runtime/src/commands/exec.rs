@@ -32,7 +32,7 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
     // env, capabilities, rlimits) with the flags applied on top; --process replaces it whole.
     let spec = oci_spec::runtime::Spec::load(c.bundle().join("config.json"))
         .with_context(|| format!("failed to read config of container \"{}\"", a.id))?;
-    let process = match &a.process {
+    let mut process = match &a.process {
         Some(p) => read_process(p)?,
         None => {
             if a.command.is_empty() {
@@ -41,12 +41,20 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
             process_from_flags(spec.process().clone().unwrap_or_default(), a)?
         }
     };
-    let exec_seccomp = runr::bundle::libcontainer_compat(&spec, c.bundle())
-        .as_ref()
-        .unwrap_or(&spec)
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().clone());
+    let nnp = a.no_new_privs || process.no_new_privileges() == Some(true);
+    let filter = runr::seccomp::plan(&spec, Some(&process), nnp, &g.root)?;
+    if let Some((_, runr::seccomp::Privilege::Borrow { added: true })) = &filter {
+        runr::seccomp::lend_sys_admin(&mut process);
+    }
+    let exec_seccomp = match filter {
+        Some(_) => None,
+        None => runr::bundle::libcontainer_compat(&spec, c.bundle(), None)
+            .as_ref()
+            .unwrap_or(&spec)
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone()),
+    };
     let terminal = process.terminal().unwrap_or(false);
     if terminal && a.console_socket.is_none() && a.detach {
         bail!("a pseudo-TTY for a detached exec needs --console-socket");
@@ -60,7 +68,10 @@ pub fn exec(g: &Global, a: &Exec) -> Result<i32> {
         foreground::become_subreaper();
     }
     let mut b = ContainerBuilder::new(a.id.clone(), SyscallType::default())
-        .with_executor(RunrExecutor { exec_seccomp })
+        .with_executor(RunrExecutor {
+            filter,
+            exec_seccomp,
+        })
         .with_root_path(&g.root)?
         .with_console_socket(console_path.as_ref())
         .with_pid_file(a.pid_file.as_ref())?
