@@ -1152,9 +1152,12 @@ fn logs_tail_timestamps_and_follow() {
         "three\n"
     );
     e.fails(125, &["logs", "--tail", "x", "l"]);
-    // a run attached to rnerd wrote to rnerd, not to the log
-    e.ok(&["run", "--name", "fg", &e.image, "echo", "attached"]);
-    assert_eq!(e.ok(&["logs", "fg"]), "");
+    // a run attached to rnerd wrote to rnerd and to the log, as docker's
+    assert_eq!(
+        e.ok(&["run", "--name", "fg", &e.image, "echo", "attached"]),
+        "attached\n"
+    );
+    assert_eq!(e.ok(&["logs", "fg"]), "attached\n");
     e.ok(&["rm", "fg"]);
     e.fails(125, &["logs", "--since", "yesterday", "l"]);
     e.ok(&["rm", "-f", "l"]);
@@ -1368,4 +1371,56 @@ fn detached_and_created_rm_are_removed_by_rcd_at_their_exit() {
     );
     assert!(err.contains("--rm"), "{err}");
     assert_eq!(e.ok(&["ps", "-a", "-q"]), "");
+}
+
+/// An attached run without -i/-t goes through rcd's json-file logger, as docker's: rnerd
+/// prints what the logger's attach socket sends, and `rnerd logs` has it too.
+#[test]
+fn attached_run_is_logged() {
+    let e = env(15);
+    let out = e.rnerd(&[
+        "run",
+        "--name",
+        "x",
+        &e.image,
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", e.rcd_log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let logs = e.rnerd(&["logs", "x"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
+    e.ok(&["rm", "x"]);
+
+    // --rm: the exit code and the output stay, nothing is left
+    let out = e.rnerd(&[
+        "run",
+        "--rm",
+        "--name",
+        "gone",
+        &e.image,
+        "sh",
+        "-c",
+        "echo before; echo bad >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bad\n");
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
+
+    // a larger output arrives whole on rnerd's stdout and in the log
+    let want: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    let out = e.ok(&["run", "--name", "big", &e.image, "seq", "1", "20000"]);
+    assert!(out == want, "{} of {} bytes", out.len(), want.len());
+    let logged = e.ok(&["logs", "big"]);
+    assert!(logged == want, "{} of {} bytes", logged.len(), want.len());
+    e.ok(&["rm", "big"]);
+
+    // a command that cannot run: docker's 127 still, and nothing left with --rm
+    let err = e.fails(127, &["run", "--rm", &e.image, "no-such-command"]);
+    assert!(err.contains("no-such-command"), "{err}");
+    assert_eq!(e.ok(&["ps", "-aq"]), "");
 }

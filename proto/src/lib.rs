@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("rcd.v1");
 }
 
+pub mod attach;
+
 /// gRPC metadata header carrying the namespace of a call.
 pub const NAMESPACE_HEADER: &str = "rcd-namespace";
 

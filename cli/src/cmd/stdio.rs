@@ -1,5 +1,6 @@
 //! ctr's way with stdio: rctr makes FIFOs, names them in the task request, and copies its
-//! own stdin/stdout/stderr to and from them; the shim opens the other ends.
+//! own stdin/stdout/stderr to and from them; the shim opens the other ends. (rnerd's
+//! attached run without -i/-t reads a logger's attach socket instead: [`Readers::attach`].)
 //!
 //! Output FIFOs are opened for reading (non-blocking) before the task exists and then
 //! polled: a FIFO reports hang-up only after a writer has come and gone, so a process that
@@ -14,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -114,10 +116,12 @@ pub fn remove_fifo_dir_of(path: &str) {
     }
 }
 
-/// Output FIFOs opened for reading, before the task is created.
+/// Output FIFOs opened for reading, before the task is created; or a connection to the
+/// attach socket of the task's logger (rnerd's attached run of a logged task).
 pub struct Readers {
     stdout: Option<File>,
     stderr: Option<File>,
+    attach: Option<UnixStream>,
 }
 
 fn open_reader(p: &Path) -> Result<File> {
@@ -134,6 +138,7 @@ impl Readers {
         Readers {
             stdout: None,
             stderr: None,
+            attach: None,
         }
     }
 
@@ -141,7 +146,91 @@ impl Readers {
         Ok(Readers {
             stdout: stdout.map(open_reader).transpose()?,
             stderr: stderr.map(open_reader).transpose()?,
+            attach: None,
         })
+    }
+
+    /// The output frames of a logger's attach socket (`rcd_proto::attach`), connected
+    /// before the task starts.
+    pub fn attach(conn: UnixStream) -> Readers {
+        Readers {
+            stdout: None,
+            stderr: None,
+            attach: Some(conn),
+        }
+    }
+}
+
+/// How long rnerd waits for a logger's attach socket to accept it.
+pub const ATTACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to the attach socket at `path`. rcd's Create returns once the logger is ready,
+/// socket included; a shim that does not wait for its logger could return earlier, so a
+/// missing or refusing socket is retried for up to `wait`.
+pub fn connect_attach(path: &Path, wait: Duration) -> Result<UnixStream> {
+    use rcd_proto::attach::socket_path;
+    let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => (d, n),
+        _ => anyhow::bail!("invalid attach socket path {}", path.display()),
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let tried = socket_path(dir, name).and_then(|(p, _dirfd)| UnixStream::connect(p));
+        match tried {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "connecting to the container's logger at {} (waited up to {} s): {e}",
+                    path.display(),
+                    wait.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+/// Copies a logger's output frames to stdout and stderr until the logger ends the stream.
+fn copy_frames(conn: UnixStream) {
+    use rcd_proto::attach::{read_frame, LOST, STDERR, STDOUT};
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, conn);
+    loop {
+        let (kind, data) = match read_frame(&mut r) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("rnerd: reading the container's output from its logger: {e}");
+                return;
+            }
+        };
+        let written = match kind {
+            STDOUT => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&data).and_then(|_| o.flush())
+            }
+            STDERR => {
+                let mut o = std::io::stderr().lock();
+                o.write_all(&data).and_then(|_| o.flush())
+            }
+            LOST => {
+                eprintln!(
+                    "rnerd: output was lost here: this terminal took it too slowly for the \
+                     container's logger (the container's log has all of it: `rnerd logs`)"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if written.is_err() {
+            return;
+        }
     }
 }
 
@@ -149,7 +238,13 @@ impl Readers {
 pub struct Copier {
     done: mpsc::Receiver<()>,
     outputs: usize,
+    /// At least this long after the exit: a logger sends what it still holds then.
+    min_grace: Duration,
 }
+
+/// How long, after the exit, a logger's attach stream may take to end: the logger ends it
+/// once the output has ended and it sent every client what it held.
+const ATTACH_GRACE: Duration = Duration::from_secs(5);
 
 /// Copies a FIFO to `out` until every writer has closed it.
 fn copy_out(f: File, mut out: impl Write) {
@@ -197,13 +292,27 @@ impl Copier {
                 let _ = tx.send(());
             });
         }
-        Copier { done: rx, outputs }
+        let mut min_grace = Duration::ZERO;
+        if let Some(c) = readers.attach {
+            outputs += 1;
+            min_grace = ATTACH_GRACE;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                copy_frames(c);
+                let _ = tx.send(());
+            });
+        }
+        Copier {
+            done: rx,
+            outputs,
+            min_grace,
+        }
     }
 
     /// Waits (after the process exited) for the outputs to reach end-of-file; gives up
     /// after `grace` in case something the process forked still holds them open.
     pub fn wait(self, grace: Duration) {
-        let deadline = std::time::Instant::now() + grace;
+        let deadline = std::time::Instant::now() + grace.max(self.min_grace);
         for _ in 0..self.outputs {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if self.done.recv_timeout(left).is_err() {
@@ -310,6 +419,30 @@ mod tests {
         assert!(dir.exists());
         remove_fifo_dir_of(&s.stdout);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn attach_socket_waited_for_then_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("attach.sock");
+        let t = std::time::Instant::now();
+        let e = connect_attach(&p, Duration::from_millis(200)).unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        let m = e.to_string();
+        assert!(
+            m.contains(&p.display().to_string()) && m.contains("waited"),
+            "{m}"
+        );
+        // a socket that shows up late is found
+        let p2 = p.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let l = std::os::unix::net::UnixListener::bind(&p2).unwrap();
+            l.accept().unwrap();
+        });
+        connect_attach(&p, Duration::from_secs(10)).unwrap();
+        late.join().unwrap();
+        assert!(connect_attach(Path::new("/"), Duration::ZERO).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Attach: the live stdio of a running CRI container, served by its logger.
+//! Attach: the live stdio of a running container, served by its logger (CRI containers'
+//! `cri-logger`, and the native API's `json-logger`, see `server::logs`).
 //!
-//! The container's output already passes through `rcd cri-logger` (a child of the shim that
+//! The container's output already passes through the logger (a child of the shim that
 //! outlives rcd), so the logger is where attach clients are fed from: it listens on
 //! `<control dir>/attach.sock` and sends every client what the container writes from the
 //! moment it connects. A container created with `stdin: true` reads a FIFO
@@ -9,85 +10,49 @@
 //! With `<control dir>/stdin-once` present (the config's `stdin_once`), the first client's end
 //! of input closes the container's stdin, as kubelet expects.
 //!
-//! Frames both ways are `[kind u8][len u32 big-endian][len bytes]`: the logger sends
-//! [`STDOUT`] and [`STDERR`]; a client sends [`STDIN`] and an empty [`STDIN_END`]. A client too
-//! slow to take the output is dropped rather than holding the container's log back.
+//! The frames are `rcd_proto::attach`'s (shared with the clients). A client too slow to take
+//! the output is dropped (told so with [`LOST`]) rather than holding the container's log
+//! back. At the end of the output the logger calls [`Hub::close`], so clients get all of it
+//! and then end-of-stream.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-pub const STDIN: u8 = 0;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-pub const STDIN_END: u8 = 3;
+// the wire format is shared with the clients (rnerd): one implementation, in rcd-proto
+pub use rcd_proto::attach::{
+    encode, read_frame, socket_path, LOST, SOCKET, STDERR, STDIN, STDIN_END, STDOUT,
+};
 
-/// The socket, the stdin FIFO and the stdin-once marker, in a container's control dir.
-pub const SOCKET: &str = "attach.sock";
+/// The stdin FIFO and the stdin-once marker, in a container's control dir.
 pub const STDIN_FIFO: &str = "stdin";
 pub const STDIN_ONCE: &str = "stdin-once";
 
-/// Largest frame a peer may send: bigger lengths mean a broken peer, not data.
-const MAX_FRAME: usize = 1 << 20;
 /// Output chunks queued per client before it counts as too slow.
 const CLIENT_QUEUE: usize = 1024;
 
-pub fn encode(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(5 + data.len());
-    f.push(kind);
-    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    f.extend_from_slice(data);
-    f
-}
-
-/// Reads one frame; `None` at a clean end of stream between frames.
-pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head[..1]) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    r.read_exact(&mut head[1..])?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("attach frame of {len} bytes is over the {MAX_FRAME}-byte limit"),
-        ));
-    }
-    let mut data = vec![0u8; len];
-    r.read_exact(&mut data)?;
-    Ok(Some((head[0], data)))
-}
-
-/// A path to `name` in `dir` short enough for a unix socket address (108 bytes): through the
-/// `/proc/self/fd` link of an open `dir` when the plain path is too long. Keep the returned
-/// `File` open while the path is in use.
-pub fn socket_path(dir: &Path, name: &str) -> std::io::Result<(PathBuf, Option<File>)> {
-    let plain = dir.join(name);
-    if plain.as_os_str().len() < 100 {
-        return Ok((plain, None));
-    }
-    let d = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(dir)?;
-    let p = PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()));
-    Ok((p, Some(d)))
+/// One attached client: its output queue and whether it was dropped for being slow.
+struct Client {
+    id: u64,
+    tx: SyncSender<Vec<u8>>,
+    lost: Arc<AtomicBool>,
 }
 
 /// The logger's side: the clients currently attached and the container's stdin.
 pub struct Hub {
-    clients: Mutex<Vec<(u64, SyncSender<Vec<u8>>)>>,
-    next: std::sync::atomic::AtomicU64,
+    clients: Mutex<Vec<Client>>,
+    next: AtomicU64,
     stdin: Mutex<Option<File>>,
     stdin_once: bool,
+    /// Writer threads still sending to their client, for [`Hub::close`] to wait on.
+    writers: Mutex<usize>,
+    writers_done: Condvar,
 }
 
 impl Hub {
@@ -112,6 +77,8 @@ impl Hub {
             next: Default::default(),
             stdin: Mutex::new(stdin),
             stdin_once: dir.join(STDIN_ONCE).exists(),
+            writers: Mutex::new(0),
+            writers_done: Condvar::new(),
         });
         let (path, _dirfd) = socket_path(dir, SOCKET)?;
         let _ = std::fs::remove_file(&path);
@@ -133,19 +100,35 @@ impl Hub {
             return;
         };
         let (tx, rx) = sync_channel::<Vec<u8>>(CLIENT_QUEUE);
-        let me = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.clients.lock().unwrap().push((me, tx));
+        let me = self.next.fetch_add(1, Ordering::Relaxed);
+        let lost = Arc::new(AtomicBool::new(false));
+        *self.writers.lock().unwrap() += 1;
+        self.clients.lock().unwrap().push(Client {
+            id: me,
+            tx,
+            lost: lost.clone(),
+        });
+        let hub = self.clone();
         let spawned = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
+                let mut ok = true;
                 for frame in rx {
                     if out.write_all(&frame).is_err() {
+                        ok = false;
                         break;
                     }
                 }
+                if ok && lost.load(Ordering::SeqCst) {
+                    let _ = out.write_all(&encode(LOST, b""));
+                }
                 let _ = out.shutdown(std::net::Shutdown::Both);
+                *hub.writers.lock().unwrap() -= 1;
+                hub.writers_done.notify_all();
             });
         if spawned.is_err() {
+            self.clients.lock().unwrap().retain(|c| c.id != me);
+            *self.writers.lock().unwrap() -= 1;
             return;
         }
         let _ = std::thread::Builder::new()
@@ -169,62 +152,112 @@ impl Hub {
                     }
                 }
                 // the client is gone: its writer ends with its queue
-                self.clients.lock().unwrap().retain(|(id, _)| *id != me);
+                self.clients.lock().unwrap().retain(|c| c.id != me);
             });
     }
 
-    /// Sends what the container wrote on `kind` to every client; drops slow or gone ones.
+    /// Sends what the container wrote on `kind` to every client; drops slow or gone ones
+    /// (a slow one gets [`LOST`] once its queue is sent).
     pub fn broadcast(&self, kind: u8, data: &[u8]) {
         let mut clients = self.clients.lock().unwrap();
         if clients.is_empty() || data.is_empty() {
             return;
         }
         let frame = encode(kind, data);
-        clients.retain(|(_, c)| match c.try_send(frame.clone()) {
+        clients.retain(|c| match c.tx.try_send(frame.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_)) => {
+                c.lost.store(true, Ordering::SeqCst);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
         });
+    }
+
+    /// The output has ended: lets every client take what is queued for it, then closes its
+    /// connection; waits at most `grace` for that (a client that stopped reading must not
+    /// keep the logger alive).
+    pub fn close(&self, grace: Duration) {
+        // dropping the senders ends each writer once its queue is sent
+        self.clients.lock().unwrap().clear();
+        let deadline = Instant::now() + grace;
+        let mut n = self.writers.lock().unwrap();
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            n = self.writers_done.wait_timeout(n, left).unwrap().0;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
-    #[test]
-    fn frames_round_trip_and_bad_lengths() {
-        let mut buf = encode(STDOUT, b"hello");
-        buf.extend(encode(STDIN_END, b""));
-        let mut r = &buf[..];
-        assert_eq!(
-            read_frame(&mut r).unwrap(),
-            Some((STDOUT, b"hello".to_vec()))
-        );
-        assert_eq!(read_frame(&mut r).unwrap(), Some((STDIN_END, vec![])));
-        assert_eq!(read_frame(&mut r).unwrap(), None);
-        // cut inside a frame: an error, not a clean end
-        let cut = encode(STDERR, b"abc");
-        assert!(read_frame(&mut &cut[..6]).is_err());
-        let mut huge = vec![STDIN];
-        huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        let e = read_frame(&mut &huge[..]).unwrap_err();
-        assert!(e.to_string().contains("over the"), "{e}");
+    fn frames(mut c: UnixStream) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(f) = read_frame(&mut c).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    fn connect(dir: &Path) -> UnixStream {
+        let (p, _d) = socket_path(dir, SOCKET).unwrap();
+        let c = UnixStream::connect(p).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    }
+
+    /// Waits until the hub has taken `n` clients on.
+    fn wait_clients(hub: &Hub, n: usize) {
+        let t = Instant::now();
+        while hub.clients.lock().unwrap().len() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "client not taken on");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
-    fn long_dirs_get_short_socket_paths() {
+    fn close_sends_what_is_queued_then_ends_the_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let long = dir.path().join("x".repeat(120));
-        std::fs::create_dir(&long).unwrap();
-        let (p, fd) = socket_path(&long, SOCKET).unwrap();
-        assert!(fd.is_some() && p.as_os_str().len() < 108, "{p:?}");
-        let l = UnixListener::bind(&p).unwrap();
-        assert!(long.join(SOCKET).exists());
-        let (p2, _fd2) = socket_path(&long, SOCKET).unwrap();
-        let _c = UnixStream::connect(&p2).unwrap();
-        l.accept().unwrap();
-        let (p, fd) = socket_path(dir.path(), SOCKET).unwrap();
-        assert!(fd.is_none());
-        assert_eq!(p, dir.path().join(SOCKET));
+        let hub = Hub::start(dir.path()).unwrap();
+        let c = connect(dir.path());
+        wait_clients(&hub, 1);
+        for i in 0..200 {
+            hub.broadcast(STDOUT, format!("{i}\n").as_bytes());
+        }
+        hub.broadcast(STDERR, b"err");
+        hub.close(Duration::from_secs(10));
+        let got = frames(c);
+        assert_eq!(got.len(), 201);
+        assert_eq!(got[199], (STDOUT, b"199\n".to_vec()));
+        assert_eq!(got[200], (STDERR, b"err".to_vec()));
+    }
+
+    #[test]
+    fn a_slow_client_is_told_it_lost_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::start(dir.path()).unwrap();
+        let mut c = connect(dir.path());
+        wait_clients(&hub, 1);
+        // more than the queue and the socket buffers hold while the client does not read
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..2 * CLIENT_QUEUE {
+            hub.broadcast(STDOUT, &chunk);
+        }
+        assert!(hub.clients.lock().unwrap().is_empty());
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        let mut r = &all[..];
+        let mut last = None;
+        while let Some((k, _)) = read_frame(&mut r).unwrap() {
+            last = Some(k);
+        }
+        assert_eq!(last, Some(LOST));
+        hub.close(Duration::from_secs(10));
     }
 }

@@ -21,6 +21,8 @@ use super::attach::{self, Hub};
 
 /// Where the logger's pid is kept, in its control dir.
 pub const PID_FILE: &str = "logger.pid";
+/// How long attach clients get, once the output has ended, to take what is queued for them.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
@@ -227,6 +229,7 @@ pub fn run(spec: &str) -> Result<(), LoggerError> {
         }
     };
     drop(ready);
+    let hub_end = hub.clone();
     let mut threads = Vec::new();
     for (input, name) in [(stdout, "stdout"), (stderr, "stderr")] {
         let (out, hub) = (file.clone(), hub.clone());
@@ -235,6 +238,9 @@ pub fn run(spec: &str) -> Result<(), LoggerError> {
     std::thread::spawn(move || {
         for t in threads {
             let _ = t.join();
+        }
+        if let Some(h) = &hub_end {
+            h.close(CLOSE_GRACE);
         }
         let _ = std::fs::remove_file(&pid_file);
         let _ = std::fs::remove_file(pid_file.with_file_name(attach::SOCKET));

@@ -13,10 +13,13 @@
 //! so lines keep being written while rcd is down. Each line becomes
 //! `{"log":"text\n","stream":"stdout","time":"2026-…Z"}`; a line longer than [`MAX_LINE`]
 //! is cut into pieces without the newline, as docker does. The file is rotated at
-//! [`MAX_SIZE`] (`json.log.1`, … [`MAX_FILES`] files in all).
+//! [`MAX_SIZE`] (`json.log.1`, … [`MAX_FILES`] files in all). The logger also serves the
+//! output live on `<control dir>/attach.sock` (`crate::cri::attach::Hub`, the CRI logger's
+//! attach); Tasks.Create returns that path (`attach_socket`) for rnerd's attached runs.
 
 use super::containers::{get_container, Runtime};
 use super::service::blocking;
+use crate::cri::attach::{self, Hub};
 use crate::task::{IoConfig, Stdio};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rcd_proto::labels;
@@ -180,17 +183,18 @@ impl Sink {
 
 /// The stdio of a task of `c` created with `io`: the json logger when the container keeps a
 /// log and the caller brought no stdio of its own (a detached run, a restart); else `io`.
+/// With the logger, also the path of its attach socket (see [`crate::cri::attach`]).
 pub(crate) fn task_io(
     rt: &Runtime,
     ns: &str,
     c: &crate::metadata::ContainerRecord,
     io: IoConfig,
-) -> Result<IoConfig, Status> {
+) -> Result<(IoConfig, Option<PathBuf>), Status> {
     let bare = [&io.stdin, &io.stdout, &io.stderr]
         .iter()
         .all(|s| matches!(s, Stdio::Null));
     if !has_log(c) || !bare {
-        return Ok(io);
+        return Ok((io, None));
     }
     let s = &rt.d.settings;
     let log = log_path(&s.root, ns, &c.id);
@@ -212,7 +216,7 @@ pub(crate) fn task_io(
     let uri = binary_uri(&crate::logger_exe(), &control, &log);
     // a terminal merges stderr into stdout: one stream, logged as stdout
     let terminal = io.terminal || spec_terminal(&c.spec);
-    Ok(IoConfig {
+    let io = IoConfig {
         stdin: Stdio::Null,
         stdout: Stdio::Raw(uri.clone()),
         stderr: if terminal {
@@ -221,7 +225,8 @@ pub(crate) fn task_io(
             Stdio::Raw(uri)
         },
         terminal,
-    })
+    };
+    Ok((io, Some(control.join(attach::SOCKET))))
 }
 
 /// Whether the container's spec asks for a terminal.
@@ -329,7 +334,12 @@ fn take_fd(fd: i32) -> Result<File, LoggerError> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<Sink>>) {
+fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<Sink>>, hub: Option<Arc<Hub>>) {
+    let kind = if stream == "stderr" {
+        attach::STDERR
+    } else {
+        attach::STDOUT
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE + 4096);
     let mut chunk = vec![0u8; 32 * 1024];
     loop {
@@ -339,6 +349,9 @@ fn pump(mut input: File, stream: &'static str, out: Arc<Mutex<Sink>>) {
             Err(_) => 0,
         };
         let eof = n == 0;
+        if let Some(h) = &hub {
+            h.broadcast(kind, &chunk[..n]);
+        }
         buf.extend_from_slice(&chunk[..n]);
         let (pieces, used) = split_pieces(&buf, MAX_LINE, eof);
         if !pieces.is_empty() {
@@ -375,20 +388,36 @@ pub fn run_logger(spec: &str) -> Result<(), LoggerError> {
     let pid_file = dir.join(PID_FILE);
     let me = std::process::id().to_string();
     std::fs::write(&pid_file, &me).map_err(io_err("writing", &pid_file))?;
+    // before ready: the shim's Create returns after ready, and a client (rnerd's attached
+    // run) connects right then, before the task starts, to miss nothing
+    let hub = match Hub::start(&dir) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!(
+                "rcd json-logger: no attach for {}: {e}",
+                dir.join(attach::SOCKET).display()
+            );
+            None
+        }
+    };
     drop(ready);
     let file = Arc::new(Mutex::new(file));
     let threads: Vec<_> = [(stdout, "stdout"), (stderr, "stderr")]
         .into_iter()
         .map(|(input, name)| {
-            let out = file.clone();
-            std::thread::spawn(move || pump(input, name, out))
+            let (out, hub) = (file.clone(), hub.clone());
+            std::thread::spawn(move || pump(input, name, out, hub))
         })
         .collect();
     for t in threads {
         let _ = t.join();
     }
-    // the next task's logger may have taken the file over already
+    if let Some(h) = &hub {
+        h.close(crate::cri::logger::CLOSE_GRACE);
+    }
+    // the next task's logger may have taken the file and the socket over already
     if std::fs::read_to_string(&pid_file).is_ok_and(|s| s == me) {
+        let _ = std::fs::remove_file(dir.join(attach::SOCKET));
         let _ = std::fs::remove_file(&pid_file);
     }
     Ok(())

@@ -530,7 +530,7 @@ async fn restart_locked(
         terminal: super::logs::spec_terminal(&c.spec),
         ..Default::default()
     };
-    let pid = create_task(rt, ns, &c, io).await?;
+    let (pid, _) = create_task(rt, ns, &c, io).await?;
     // a stop that came while the task was being made wins
     let now = rt.d.md.container(ns, id).ok().flatten();
     if !now.is_some_and(|c| should_restart(&c.labels, status)) {

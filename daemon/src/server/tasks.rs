@@ -110,7 +110,7 @@ pub(crate) async fn create_task(
     ns: &str,
     c: &crate::metadata::ContainerRecord,
     io: IoConfig,
-) -> Result<u32, Status> {
+) -> Result<(u32, Option<std::path::PathBuf>), Status> {
     let rootfs = match &c.snapshot_key {
         Some(key) => rt.d.snapshotter.mounts(ns, key).map_err(snapshot_status)?,
         None => {
@@ -120,7 +120,7 @@ pub(crate) async fn create_task(
             )))
         }
     };
-    let io = super::logs::task_io(rt, ns, c, io)?;
+    let (io, attach_socket) = super::logs::task_io(rt, ns, c, io)?;
     let spec = crate::netmgr::task::setup(rt, ns, c).await?;
     let created = rt
         .tasks
@@ -133,7 +133,7 @@ pub(crate) async fn create_task(
             return Err(task_status(e));
         }
     };
-    Ok(pid)
+    Ok((pid, attach_socket))
 }
 
 /// Deletes the init task of container `id` (stopped): the one path for Tasks.Delete and rcd's
@@ -160,10 +160,15 @@ impl pb::tasks_server::Tasks for TasksService {
         let req = req.into_inner();
         let rt = &self.0;
         let c = get_container(&rt.d.md, &ns, &req.container_id)?;
-        let pid = create_task(rt, &ns, &c, io_config(req.stdio)).await?;
+        let (pid, attach_socket) = create_task(rt, &ns, &c, io_config(req.stdio)).await?;
         super::restart::client_start(rt, &ns, &c).await;
         info!(namespace = %ns, id = %c.id, pid, "task created");
-        Ok(Response::new(pb::CreateTaskResponse { pid }))
+        Ok(Response::new(pb::CreateTaskResponse {
+            pid,
+            attach_socket: attach_socket
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn start(

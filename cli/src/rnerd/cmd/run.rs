@@ -5,7 +5,7 @@ use super::super::args::RunArgs;
 use super::super::names::{self, random_id, random_name, valid_name};
 use super::super::{CodedError, Ctx, Exit, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
 use super::{delete_task, images, list};
-use crate::cmd::stdio::{Fifos, Readers};
+use crate::cmd::stdio::{connect_attach, Fifos, Readers, ATTACH_WAIT};
 use crate::cmd::tasks::{attached, Io};
 use anyhow::{anyhow, bail, Context, Result};
 use rcd_proto::labels;
@@ -402,32 +402,56 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let fifos = Fifos::create(&id, a.interactive, a.tty)?;
-    let readers = Readers::open(Some(&fifos.stdout), fifos.stderr.as_deref())?;
-    if let Err(s) = ctx
+    // Without -i/-t, rcd's logger takes the output (so `rnerd logs` has it, as docker's)
+    // and rnerd reads it live from the logger's attach socket; -i/-t keep FIFOs.
+    let logged = !a.interactive && !a.tty;
+    let fifos = if logged {
+        None
+    } else {
+        Some(Fifos::create(&id, a.interactive, a.tty)?)
+    };
+    let readers = match &fifos {
+        Some(f) => Readers::open(Some(&f.stdout), f.stderr.as_deref())?,
+        None => Readers::none(),
+    };
+    let created = ctx
         .client
         .tasks()
         .create(pb::CreateTaskRequest {
             container_id: id.clone(),
-            stdio: Some(fifos.stdio()),
+            stdio: Some(fifos.as_ref().map(Fifos::stdio).unwrap_or_default()),
         })
         .await
-    {
-        let e = start_error(ctx, s);
-        if a.rm {
-            remove().await;
-        } else {
-            record_failure(ctx, &id, &e).await;
+        .map_err(|s| start_error(ctx, s));
+    // connected before the start: the logger sends a client what comes after it connects
+    let readers = match created {
+        Ok(r) if logged => logger_readers(&id, &r.into_inner().attach_socket)
+            .await
+            .map_err(|e| (e, true)),
+        Ok(_) => Ok(readers),
+        Err(e) => Err((e, false)),
+    };
+    let readers = match readers {
+        Ok(r) => r,
+        Err((e, task_made)) => {
+            if task_made {
+                let _ = delete_task(ctx, &id, true).await;
+            }
+            if a.rm {
+                remove().await;
+            } else {
+                record_failure(ctx, &id, &e).await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     let status = attached(
         &ctx.client,
         &id,
         "",
         a.tty,
         true,
-        fifos.stdin.as_deref(),
+        fifos.as_ref().and_then(|f| f.stdin.as_deref()),
         readers,
     )
     .await;
@@ -466,6 +490,23 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         return Err(Exit(status.min(255) as u8).into());
     }
     Ok(())
+}
+
+/// The output of a task rcd logs, read from its logger's attach socket (Tasks.Create's
+/// `attach_socket`).
+async fn logger_readers(id: &str, socket: &str) -> Result<Readers> {
+    if socket.is_empty() {
+        bail!(
+            "rcd named no log attach socket for container {}: is rcd older than rnerd?",
+            names::short_id(id)
+        );
+    }
+    let path = std::path::PathBuf::from(socket);
+    let conn = tokio::task::spawn_blocking(move || connect_attach(&path, ATTACH_WAIT))
+        .await
+        .map_err(|e| anyhow!("connecting to the container's logger: {e}"))?
+        .with_context(|| format!("attaching to container {}", names::short_id(id)))?;
+    Ok(Readers::attach(conn))
 }
 
 /// docker shows a container whose command could not start as exited with 126/127.
