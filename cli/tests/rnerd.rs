@@ -1393,6 +1393,14 @@ fn attached_run_is_logged() {
     let logs = e.rnerd(&["logs", "x"]);
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
+    // start -a (no -i) goes the same way: printed, and added to the same log
+    let out = e.rnerd(&["start", "-a", "x"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let logs = e.rnerd(&["logs", "x"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "out\nout\n");
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\nerr\n");
     e.ok(&["rm", "x"]);
 
     // --rm: the exit code and the output stay, nothing is left

@@ -65,23 +65,47 @@ async fn start_one(ctx: &Ctx, c: &pb::Container, attach: bool, stdin: bool) -> R
         super::run::start_task(ctx, &c.id, pb::Stdio::default()).await?;
         return Ok(0);
     }
-    let fifos = crate::cmd::stdio::Fifos::create(&c.id, stdin, tty)?;
-    let readers = Readers::open(Some(&fifos.stdout), fifos.stderr.as_deref())?;
-    ctx.client
+    // as `run`: without -i/-t rcd's logger takes the output (a container with a log), and
+    // rnerd reads it from the logger's attach socket
+    let logged =
+        !stdin && !tty && c.labels.get(labels::LOG).map(String::as_str) == Some("json-file");
+    let fifos = if logged {
+        None
+    } else {
+        Some(crate::cmd::stdio::Fifos::create(&c.id, stdin, tty)?)
+    };
+    let readers = match &fifos {
+        Some(f) => Readers::open(Some(&f.stdout), f.stderr.as_deref())?,
+        None => Readers::none(),
+    };
+    let created = ctx
+        .client
         .tasks()
         .create(pb::CreateTaskRequest {
             container_id: c.id.clone(),
-            stdio: Some(fifos.stdio()),
+            stdio: Some(fifos.as_ref().map(|f| f.stdio()).unwrap_or_default()),
         })
         .await
-        .map_err(ctx.st())?;
+        .map_err(ctx.st())?
+        .into_inner();
+    let readers = if logged {
+        match super::run::logger_readers(&c.id, &created.attach_socket).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = delete_task(ctx, &c.id, true).await;
+                return Err(e);
+            }
+        }
+    } else {
+        readers
+    };
     let status = attached(
         &ctx.client,
         &c.id,
         "",
         tty,
         true,
-        fifos.stdin.as_deref(),
+        fifos.as_ref().and_then(|f| f.stdin.as_deref()),
         readers,
     )
     .await;

@@ -494,10 +494,11 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
 
 /// The output of a task rcd logs, read from its logger's attach socket (Tasks.Create's
 /// `attach_socket`).
-async fn logger_readers(id: &str, socket: &str) -> Result<Readers> {
+pub(super) async fn logger_readers(id: &str, socket: &str) -> Result<Readers> {
     if socket.is_empty() {
         bail!(
-            "rcd named no log attach socket for container {}: is rcd older than rnerd?",
+            "rcd named no log attach socket for container {}: its output is not logged by \
+             rcd (an rcd older than rnerd?)",
             names::short_id(id)
         );
     }
