@@ -858,6 +858,10 @@ fn bench_run_rm() {
     let rnerd = time(&|_| {
         e.ok(&["run", "--rm", &e.image, "true"]);
     });
+    // -i keeps the FIFO path (no logger): the cost of logging an attached run
+    let rnerd_i = time(&|_| {
+        e.ok(&["run", "--rm", "-i", &e.image, "true"]);
+    });
     let rctr_t = time(&|i| {
         let out = Command::new(&rctr)
             .args([
@@ -875,6 +879,7 @@ fn bench_run_rm() {
         assert!(out.status.success(), "{out:?}");
     });
     println!("rnerd run --rm busybox true: {rnerd:?} per run ({n} runs)");
+    println!("rnerd run --rm -i busybox true (FIFOs, not logged): {rnerd_i:?} per run");
     println!("rctr run --rm busybox ID true: {rctr_t:?} per run");
 }
 
