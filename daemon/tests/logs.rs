@@ -251,3 +251,94 @@ async fn logs_survive_rcd_kill9_and_grow_while_it_is_down() {
     e.stop("k1").await;
     e.remove("k1").await;
 }
+
+/// Tasks.Create names the logger's attach socket of a logged task: up once Create returns,
+/// so a client connected before Start gets all the output, on the right streams, and then
+/// the end of the stream once the task has exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_socket_of_a_logged_task_streams_all_its_output() {
+    use rcd_proto::attach::{read_frame, socket_path, STDERR, STDOUT};
+    let e = env().await;
+    e.create(
+        "a1",
+        logged(sh("echo o1; echo e1 >&2; seq 1 5000; echo e2 >&2")),
+    )
+    .await;
+    let r = e
+        .tasks()
+        .create(pb::CreateTaskRequest {
+            container_id: "a1".into(),
+            stdio: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sock = std::path::PathBuf::from(&r.attach_socket);
+    assert_eq!(
+        sock,
+        e.rcd
+            .state
+            .join("logs/default/a1")
+            .join(rcd_proto::attach::SOCKET)
+    );
+    // no retry: the socket is there once Create has returned
+    let (path, _dirfd) = socket_path(sock.parent().unwrap(), rcd_proto::attach::SOCKET).unwrap();
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let reader = tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some((kind, data)) = read_frame(&mut conn).unwrap() {
+            match kind {
+                STDOUT => out.extend(data),
+                STDERR => err.extend(data),
+                k => panic!("unexpected frame kind {k}"),
+            }
+        }
+        (out, err)
+    });
+    e.tasks()
+        .start(pb::StartTaskRequest {
+            container_id: "a1".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.wait("a1").await, 0);
+    let (out, err) = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the stream ended")
+        .unwrap();
+    let want: String = std::iter::once("o1\n".to_owned())
+        .chain((1..=5000).map(|i| format!("{i}\n")))
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&out) == want,
+        "{} of {} bytes",
+        out.len(),
+        want.len()
+    );
+    assert_eq!(String::from_utf8_lossy(&err), "e1\ne2\n");
+    e.remove("a1").await;
+
+    // a task whose output rcd does not log has no socket
+    e.create(
+        "n1",
+        pb::ContainerOptions {
+            args: sh("true"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = e
+        .tasks()
+        .create(pb::CreateTaskRequest {
+            container_id: "n1".into(),
+            stdio: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.attach_socket, "");
+    e.remove("n1").await;
+}
