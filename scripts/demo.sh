@@ -9,8 +9,9 @@ bash scripts/deps.sh
 if [ -z "${DEMO_BIN:-}" ]; then
   cargo build --release
 fi
-# DEMO_BIN=target/debug reuses binaries already built (development)
-BIN="$(realpath "${DEMO_BIN:-target/release}")"
+# .cargo/config.toml builds for the host's tuple: the binaries are in target/<tuple>/<profile>.
+# DEMO_BIN=target/<tuple>/debug reuses binaries already built (development)
+BIN="$(realpath "${DEMO_BIN:-target/$(rustc --print host-tuple)/release}")"
 RUNR="$BIN/runr"
 RCTR="$BIN/rctr"
 RNERD="$BIN/rnerd"

@@ -14,6 +14,6 @@ status=0
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
 # the CRI suite again with the project's own shim and runtime (rshim + runr) in place of
 # Debian's runc shim
-RCD_TEST_CRI_SHIM="$PWD/target/debug/containerd-shim-runr-v2" \
+RCD_TEST_CRI_SHIM="$PWD/target/$(rustc --print host-tuple)/debug/containerd-shim-runr-v2" \
   cargo test -p rcd --test cri -- --test-threads="${TEST_THREADS:-4}" || status=$?
 exit "$status"

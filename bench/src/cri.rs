@@ -41,8 +41,8 @@ pub struct CriArgs {
     /// ExecSync `true` calls timed with the pods running
     #[arg(long, default_value_t = 20)]
     execs: usize,
-    /// Directory of rcd, containerd-shim-runr-v2 and runr (default: target/release next to
-    /// rbench, else target/debug with a warning)
+    /// Directory of rcd, containerd-shim-runr-v2 and runr (default: the release profile dir
+    /// next to rbench, else the debug one with a warning)
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Print JSON instead of a table

@@ -18,8 +18,8 @@ pub struct RnerdArgs {
     /// Timed runs per tool (after 2 warm-up runs each)
     #[arg(long, default_value_t = 11)]
     runs: usize,
-    /// Directory of rcd, rnerd, containerd-shim-runr-v2 and runr (default: target/release
-    /// next to rbench, else target/debug with a warning)
+    /// Directory of rcd, rnerd, containerd-shim-runr-v2 and runr (default: the release
+    /// profile dir next to rbench, else the debug one with a warning)
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Print JSON instead of a table

@@ -21,7 +21,7 @@ pub struct RuntimeArgs {
     /// Untimed warm-up runs per runtime before the timed ones.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// runr binary [default: the workspace's target/release/runr, else target/debug/runr].
+    /// runr binary [default: runr next to rbench, else the debug build's].
     #[arg(long)]
     pub runr: Option<PathBuf>,
     /// runc binary (Debian package `runc`).
@@ -219,20 +219,13 @@ fn which(p: &Path) -> Option<PathBuf> {
 
 /// The workspace's runr: release build, else debug build (flagged).
 fn default_runr() -> Option<(PathBuf, bool)> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    [("release", false), ("debug", true)]
+    rtest::runtime::built_binary_candidates("runr")
         .into_iter()
-        .map(|(profile, debug)| (target.join(profile).join("runr"), debug))
-        .find(|(p, _)| p.is_file())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench/ has a parent")
-        .to_path_buf()
+        .find(|p| p.is_file())
+        .map(|p| {
+            let debug = p.parent().and_then(Path::file_name) == Some("debug".as_ref());
+            (p, debug)
+        })
 }
 
 fn version_of(path: &Path) -> Result<String> {
@@ -276,9 +269,13 @@ fn resolve(args: &RuntimeArgs) -> Result<Vec<(&'static str, PathBuf, bool)>> {
         }),
         None => default_runr().ok_or_else(|| {
             format!(
-                "runr: neither {0}/target/release/runr nor {0}/target/debug/runr exists; \
+                "runr: not found next to rbench ({}); \
                  build it with `cargo build --release -p runr` or pass --runr PATH",
-                workspace_root().display()
+                rtest::runtime::built_binary_candidates("runr")
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }),
     };

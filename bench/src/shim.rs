@@ -14,7 +14,7 @@ pub struct ShimArgs {
     /// Containers running at once per shim kind
     #[arg(long, default_value_t = 10)]
     containers: usize,
-    /// Directory holding containerd-shim-runr-v2 (default: the workspace's target/debug)
+    /// Directory holding containerd-shim-runr-v2 (default: next to rbench, else the debug build)
     #[arg(long)]
     shim_dir: Option<PathBuf>,
     /// Print JSON instead of a table

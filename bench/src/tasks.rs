@@ -24,8 +24,8 @@ pub struct TasksArgs {
     /// Containers running while the daemons' and shims' memory is measured
     #[arg(long, default_value_t = 10)]
     containers: usize,
-    /// Directory of rcd, rctr, containerd-shim-runr-v2 and runr (default: target/release
-    /// next to rbench, else target/debug with a warning)
+    /// Directory of rcd, rctr, containerd-shim-runr-v2 and runr (default: the release
+    /// profile dir next to rbench, else the debug one with a warning)
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Print JSON instead of a table
@@ -40,7 +40,7 @@ fn bin_dir(a: &TasksArgs) -> Result<PathBuf> {
     )
 }
 
-/// `given`, else target/release next to rbench if it has all of `bins`, else target/debug
+/// `given`, else `release` next to rbench's profile dir if it has all of `bins`, else `debug`
 /// (with a warning).
 pub(crate) fn bin_dir_with(given: Option<&Path>, bins: &[&str]) -> Result<PathBuf> {
     if let Some(d) = given {
@@ -59,8 +59,10 @@ pub(crate) fn bin_dir_with(given: Option<&Path>, bins: &[&str]) -> Result<PathBu
         }
     }
     bail!(
-        "{} not all built in target/release or target/debug",
-        bins.join(", ")
+        "{} not all built in {}/release or {}/debug",
+        bins.join(", "),
+        target.display(),
+        target.display()
     )
 }
 

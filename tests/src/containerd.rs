@@ -490,18 +490,10 @@ impl Drop for Containerd {
 }
 
 /// The workspace's shim `containerd-shim-runr-v2` (package rshim) next to the test
-/// executable (`target/<profile>/`), like [`crate::runtime::runtime_binary`] finds runr.
+/// executable (`target/<tuple>/<profile>/`), like [`crate::runtime::runtime_binary`] finds runr.
 /// Panics when it is not built.
 pub fn rshim_binary() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("containerd-shim-runr-v2"));
-        }
-    }
-    candidates.push(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/containerd-shim-runr-v2"),
-    );
+    let candidates = crate::runtime::built_binary_candidates("containerd-shim-runr-v2");
     for c in &candidates {
         if c.is_file() {
             return c.clone();

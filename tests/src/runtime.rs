@@ -75,7 +75,7 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// The runtime under test: `$RTEST_RUNTIME`, else the workspace's own `runr` next to the test
-/// executable (`target/<profile>/runr`). Panics when there is none.
+/// executable (`target/<tuple>/<profile>/runr`). Panics when there is none.
 pub fn runtime_binary() -> PathBuf {
     if let Some(v) = std::env::var_os("RTEST_RUNTIME").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(&v);
@@ -91,14 +91,7 @@ pub fn runtime_binary() -> PathBuf {
         );
         return p;
     }
-    let mut candidates = Vec::new();
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/runr
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("runr"));
-        }
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/runr"));
+    let candidates = built_binary_candidates("runr");
     for c in &candidates {
         if c.is_file() {
             return c.clone();
@@ -113,6 +106,32 @@ pub fn runtime_binary() -> PathBuf {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// Where a workspace binary `name` may be, best first: the profile directory of the running
+/// executable (a test's `target/<tuple>/<profile>/deps/<test>-<hash>`, or a binary such as rbench
+/// in `target/<tuple>/<profile>/`), then the debug profile next to it. The layout is never named:
+/// `.cargo/config.toml` builds for an explicit target, so the profile dirs are under
+/// `target/<host tuple>/`, not `target/`.
+pub fn built_binary_candidates(name: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.parent()
+            } else {
+                Some(dir)
+            };
+            if let Some(profile_dir) = profile_dir {
+                dirs.push(profile_dir.to_owned());
+                if let Some(target) = profile_dir.parent() {
+                    dirs.push(target.join("debug"));
+                }
+            }
+        }
+    }
+    dirs.dedup();
+    dirs.into_iter().map(|d| d.join(name)).collect()
 }
 
 /// The result of one runtime command.
