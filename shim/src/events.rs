@@ -170,6 +170,8 @@ impl Publisher {
             .spawn(move || {
                 while let Ok(q) = rx.recv() {
                     sink.send_burst(q, &rx);
+                    // the client code just run is resident again, and the shim idles now
+                    crate::drop_mapped_text();
                 }
                 done.store(true, Ordering::SeqCst);
                 on_drained();
