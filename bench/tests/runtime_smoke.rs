@@ -65,15 +65,12 @@ fn missing_peer_names_the_debian_package() {
 
 #[test]
 fn runtime_benchmark_with_workspace_runr() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    // rbench takes the runr built beside it (see rtest::runtime::built_binary_candidates)
+    let beside = Path::new(env!("CARGO_BIN_EXE_rbench")).with_file_name("runr");
     assert!(
-        ["release", "debug"]
-            .iter()
-            .any(|p| target.join(p).join("runr").is_file()),
-        "runr is not built: run `cargo build -p runr` (or `cargo build --release -p runr`)"
+        beside.is_file(),
+        "runr is not built next to rbench ({}): run `cargo build -p runr`",
+        beside.display()
     );
     let out = Command::new(env!("CARGO_BIN_EXE_rbench"))
         .args(["runtime", "--runs", "2", "--warmup", "0", "--json"])

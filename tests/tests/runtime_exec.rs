@@ -260,6 +260,8 @@ fn exec_is_confined_by_the_containers_seccomp_filter() {
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
     });
+    // without no_new_privs: the exec must not turn it on to install the filter
+    b.process()["noNewPrivileges"] = json!(false);
     b.save().unwrap();
     rt.run_detached(&b, &id);
     // no_new_privs stays off, as in the container's init (runr borrows CAP_SYS_ADMIN for the
