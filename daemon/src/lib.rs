@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod streaming;
 pub mod task;
+pub mod trash;
 pub mod unpack;
 
 /// The program shims run as a container's logger: `rcd-logger` next to this executable,

@@ -86,7 +86,7 @@ fn reset_signals() {
 /// libcontainer's exec path gives no hook for): a setuid binary run by such an exec does not gain
 /// privileges.
 fn load_exec_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
-    if !has_effective_cap(21 /* CAP_SYS_ADMIN */) {
+    if !runr::seccomp::has_effective_cap(21 /* CAP_SYS_ADMIN */) {
         // SAFETY: prctl with integer arguments
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(ExecutorError::Other(format!(
@@ -108,27 +108,4 @@ fn load_exec_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
             "loading the container's seccomp filter: {e}"
         ))),
     }
-}
-
-fn has_effective_cap(cap: u32) -> bool {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget with a v3 header and the two data structs v3 requires
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    r == 0 && data[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0
 }

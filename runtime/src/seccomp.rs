@@ -477,6 +477,11 @@ fn capget() -> io::Result<[CapData; 2]> {
     Ok(d)
 }
 
+/// Whether capability number `cap` is in this thread's effective set.
+pub fn has_effective_cap(cap: u32) -> bool {
+    capget().is_ok_and(|d| d[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0)
+}
+
 fn capset(d: &[CapData; 2]) -> io::Result<()> {
     let mut h = CapHeader {
         version: CAP_V3,

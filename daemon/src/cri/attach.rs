@@ -56,6 +56,21 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// `start`, for a logger: without the socket the logger still writes the log, so a
+    /// failure is reported (by `logger`, e.g. "rcd cri-logger") and attach is off.
+    pub fn start_or_warn(dir: &Path, logger: &str) -> Option<Arc<Hub>> {
+        match Hub::start(dir) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!(
+                    "{logger}: no attach for {}: {e}",
+                    dir.join(SOCKET).display()
+                );
+                None
+            }
+        }
+    }
+
     /// Listens in `dir` (a stale socket of an earlier logger is replaced) and opens the stdin
     /// FIFO if rcd made one.
     pub fn start(dir: &Path) -> std::io::Result<Arc<Hub>> {

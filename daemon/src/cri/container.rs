@@ -617,7 +617,7 @@ pub async fn remove(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
     let md = cri.d.md.clone();
     let id_ = id.clone();
     blocking(move || {
-        match snapshotter.remove(NAMESPACE, &id_) {
+        match snapshotter.remove_deferred(NAMESPACE, &id_) {
             Ok(()) | Err(crate::snapshot::SnapshotError::NotFound { .. }) => {}
             Err(e) => return Err(snapshot_status(e)),
         }

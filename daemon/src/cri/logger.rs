@@ -218,16 +218,7 @@ pub fn run(spec: &str) -> Result<(), LoggerError> {
     })?;
     // before ready: the shim opens the container's stdin FIFO after this, and attach
     // must not miss a line written right after the start
-    let hub = match Hub::start(&dir) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            eprintln!(
-                "rcd cri-logger: no attach for {}: {e}",
-                dir.join(attach::SOCKET).display()
-            );
-            None
-        }
-    };
+    let hub = Hub::start_or_warn(&dir, "rcd cri-logger");
     drop(ready);
     let hub_end = hub.clone();
     let mut threads = Vec::new();

@@ -457,7 +457,7 @@ async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
         let snapshotter = cri.d.snapshotter.clone();
         let _ = crate::server::service::blocking(move || {
             // a sandbox image's snapshot (the built-in pause has none)
-            let _ = snapshotter.remove(NAMESPACE, &id_);
+            let _ = snapshotter.remove_deferred(NAMESPACE, &id_);
             md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
                 Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
                 r => r,

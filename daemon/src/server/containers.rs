@@ -273,15 +273,16 @@ fn container_request(
     Ok(req)
 }
 
-/// Generates the spec of a container whose rootfs `mounts` are mounted for the time it
-/// takes under `scratch`.
+/// Generates the spec of a container whose rootfs `mounts` (a snapshot just prepared) are
+/// mounted, as a read-only view, for the time it takes under `scratch`.
 pub(crate) fn generate_spec(
     cfg: &ImageConfiguration,
     req: &ContainerRequest,
     mounts: &[crate::snapshot::Mount],
     scratch: &Path,
 ) -> Result<serde_json::Value, Status> {
-    crate::snapshot::mount_all(mounts, scratch).map_err(|e| {
+    let view = crate::snapshot::read_only_view(mounts);
+    crate::snapshot::mount_all(&view, scratch).map_err(|e| {
         Status::internal(format!("mounting the rootfs on {}: {e}", scratch.display()))
     })?;
     let generated = spec::generate(Some(cfg), req, scratch);
@@ -510,6 +511,7 @@ impl pb::containers_server::Containers for ContainersService {
         // The scratch dir marks a create in progress: a daemon killed half-way leaves it,
         // and the next one removes the snapshot it made (see `remove_interrupted_creates`).
         let scratch = spec_mounts(&d.settings.state).join(&ns).join(&req.id);
+        let trash = crate::task::trash_dir(&d.settings.state);
         let (ns_, id) = (ns.clone(), req.id.clone());
         let image_name = image.name.clone();
         let rec = blocking(move || {
@@ -550,7 +552,8 @@ impl pb::containers_server::Containers for ContainersService {
                 }
                 made
             })();
-            let _ = std::fs::remove_dir(&scratch);
+            // renamed away at once (the create is over), removed in the background
+            crate::trash::discard_renamed(&scratch, &trash);
             made
         })
         .await;
@@ -705,7 +708,7 @@ pub(crate) async fn delete_container(
         let volumes = crate::netmgr::volumes::mounts_of(&c.labels);
         blocking(move || {
             if let (Some(key), false) = (&c.snapshot_key, keep) {
-                match snapshotter.remove(&ns_, key) {
+                match snapshotter.remove_deferred(&ns_, key) {
                     Ok(()) | Err(crate::snapshot::SnapshotError::NotFound { .. }) => {}
                     Err(e) => return Err(snapshot_status(e)),
                 }

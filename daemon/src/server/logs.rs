@@ -390,16 +390,7 @@ pub fn run_logger(spec: &str) -> Result<(), LoggerError> {
     std::fs::write(&pid_file, &me).map_err(io_err("writing", &pid_file))?;
     // before ready: the shim's Create returns after ready, and a client (rnerd's attached
     // run) connects right then, before the task starts, to miss nothing
-    let hub = match Hub::start(&dir) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            eprintln!(
-                "rcd json-logger: no attach for {}: {e}",
-                dir.join(attach::SOCKET).display()
-            );
-            None
-        }
-    };
+    let hub = Hub::start_or_warn(&dir, "rcd json-logger");
     drop(ready);
     let file = Arc::new(Mutex::new(file));
     let threads: Vec<_> = [(stdout, "stdout"), (stderr, "stderr")]

@@ -332,6 +332,16 @@ pub async fn serve(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => warn!(address = %address.display(), error = %e, "removing socket"),
     }
+    // bundles and snapshots of deleted containers still being removed: finish them, so a
+    // stopped daemon leaves no mount behind (a killed one leaves them to the next start)
+    let flushed = tokio::task::spawn_blocking(|| crate::trash::flush(SHUTDOWN_GRACE))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        warn!(
+            "files of deleted containers still being removed at exit: the next start removes them"
+        );
+    }
     info!("rcd stopped");
     result.map_err(Into::into)
 }

@@ -25,7 +25,7 @@
 
 mod mount;
 
-pub use mount::{mount_all, unmount, Mount, MountGuard};
+pub use mount::{mount_all, read_only_view, unmount, Mount, MountGuard};
 
 use crate::content::Digest;
 use crate::metadata::{Labels, Metadata, MetadataError, SnapshotKind, SnapshotRecord, WriteTx};
@@ -457,6 +457,22 @@ impl Snapshotter {
     pub fn remove(&self, ns: &str, key: &str) -> Result<()> {
         let id = self.md.write(|tx| remove_record(tx, ns, key))?;
         self.remove_dir(id)
+    }
+
+    /// As `remove`, but the files go in the background (`crate::trash`): the key is free, and
+    /// the directory renamed out of the way, when this returns. For a container's snapshot,
+    /// whose bundle went to the trash first (so its overlay is unmounted first).
+    pub fn remove_deferred(&self, ns: &str, key: &str) -> Result<()> {
+        let id = self.md.write(|tx| remove_record(tx, ns, key))?;
+        let dir = self.dir(id);
+        let gone = self.snapshots_dir().join(format!("rm-{id}"));
+        match std::fs::rename(&dir, &gone) {
+            Ok(()) => crate::trash::discard(gone),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("renaming", &dir)(e)),
+        }
+        debug!(id, "snapshot directory handed to the trash");
+        Ok(())
     }
 
     pub(crate) fn remove_dir(&self, id: u64) -> Result<()> {

@@ -45,6 +45,48 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A read-only view of what `mounts` (a snapshot just prepared, whose upper dir is still
+/// empty) show: the same files, without the upper and work dirs. Unmounting a writable
+/// overlay syncs its upper filesystem, which costs tens of milliseconds on a busy host;
+/// unmounting this view costs nothing, and it cannot change the snapshot.
+pub fn read_only_view(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let lower = m
+                .options
+                .iter()
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .filter(|_| m.kind == "overlay");
+            match lower {
+                Some(lower) if lower.contains(':') => Mount {
+                    kind: "overlay".into(),
+                    source: m.source.clone(),
+                    options: vec!["ro".into(), format!("lowerdir={lower}")],
+                },
+                Some(lower) => Mount {
+                    kind: "bind".into(),
+                    source: lower.to_owned(),
+                    options: vec!["ro".into(), "rbind".into()],
+                },
+                None => {
+                    let mut options: Vec<String> = m
+                        .options
+                        .iter()
+                        .filter(|o| *o != "rw" && *o != "ro")
+                        .cloned()
+                        .collect();
+                    options.insert(0, "ro".into());
+                    Mount {
+                        options,
+                        ..m.clone()
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
 fn mount_one(m: &Mount, target: &Path) -> io::Result<()> {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
@@ -135,5 +177,51 @@ impl Drop for MountGuard {
                 warn!(target = %self.target.display(), error = %e, "unmount failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            kind: kind.into(),
+            source: source.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_view_of_a_writable_overlay_has_its_lower_dirs_only() {
+        let v = read_only_view(&[m(
+            "overlay",
+            "overlay",
+            &[
+                "workdir=/s/3/work",
+                "upperdir=/s/3/fs",
+                "lowerdir=/s/2/fs:/s/1/fs",
+            ],
+        )]);
+        assert_eq!(
+            v,
+            vec![m("overlay", "overlay", &["ro", "lowerdir=/s/2/fs:/s/1/fs"])]
+        );
+    }
+
+    #[test]
+    fn the_view_over_one_layer_is_a_read_only_bind_of_it() {
+        let v = read_only_view(&[m(
+            "overlay",
+            "overlay",
+            &["workdir=/s/2/work", "upperdir=/s/2/fs", "lowerdir=/s/1/fs"],
+        )]);
+        assert_eq!(v, vec![m("bind", "/s/1/fs", &["ro", "rbind"])]);
+    }
+
+    #[test]
+    fn the_view_of_a_bind_mount_is_read_only() {
+        let v = read_only_view(&[m("bind", "/s/1/fs", &["rw", "rbind"])]);
+        assert_eq!(v, vec![m("bind", "/s/1/fs", &["ro", "rbind"])]);
     }
 }

@@ -51,6 +51,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 const TASKS_DIR: &str = "tasks";
+/// Where, under rcd's state dir, bundles and scratch dirs wait for the trash worker
+/// (`crate::trash`); emptied at start-up.
+pub fn trash_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("trash")
+}
 const EXIT_STATUS_KILLED: u32 = 128 + 9;
 
 /// Where the manager keeps tasks and how shims reach rcd.
@@ -262,6 +267,7 @@ impl TaskManager {
     pub async fn new(cfg: TaskManagerConfig) -> Result<TaskManager> {
         let tasks = cfg.state_dir.join(TASKS_DIR);
         std::fs::create_dir_all(&tasks).map_err(|e| TaskError::io("creating", &tasks, e))?;
+        crate::trash::clean(&trash_dir(&cfg.state_dir));
         let (tx, _) = broadcast::channel(1024);
         let server = events::serve(&cfg.ttrpc_address, tx.clone()).await?;
         Ok(TaskManager {
@@ -439,6 +445,13 @@ impl TaskManager {
         std::fs::write(&config, data).map_err(|e| TaskError::io("writing", &config, e))?;
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir(&rootfs).map_err(|e| TaskError::io("creating", &rootfs, e))?;
+        // rcd mounts the rootfs itself and gives the shim none to mount: the unmount at the
+        // end, which syncs the overlay's upper filesystem, then happens in rcd's trash
+        // worker rather than in the shim's Delete, on the caller's path.
+        if !opts.rootfs.is_empty() {
+            crate::snapshot::mount_all(&opts.rootfs, &rootfs)
+                .map_err(|e| TaskError::io("mounting the rootfs on", &rootfs, e))?;
+        }
         let mut rec = TaskRecord {
             namespace: namespace.to_owned(),
             id: id.to_owned(),
@@ -479,7 +492,7 @@ impl TaskManager {
         let req = api::CreateTaskRequest {
             id: id.to_owned(),
             bundle: bundle.display().to_string(),
-            rootfs: opts.rootfs.iter().map(to_proto_mount).collect(),
+            rootfs: Vec::new(),
             terminal: opts.io.terminal,
             stdin: prepared.stdin,
             stdout: prepared.stdout,
@@ -569,7 +582,13 @@ impl TaskManager {
                 debug!(namespace, id, "after a failed create: {e}");
             }
         }
-        release_bundle(bundle);
+        self.release_bundle(bundle);
+    }
+
+    /// Frees a bundle's path at once; its rootfs is unmounted and its files removed by the
+    /// trash worker (nothing below a mount is ever deleted).
+    fn release_bundle(&self, bundle: &Path) {
+        crate::trash::discard_renamed(bundle, &trash_dir(&self.inner.cfg.state_dir));
     }
 
     /// Starts the init (`exec_id` `None`) or an exec; returns its pid.
@@ -995,10 +1014,7 @@ impl TaskManager {
         if let Some(h) = t.monitor.lock().unwrap().take() {
             h.abort();
         }
-        if t.rootfs_mounted {
-            unmount_all(&t.bundle.join("rootfs"));
-        }
-        release_bundle(&t.bundle);
+        self.release_bundle(&t.bundle);
         self.inner
             .tasks
             .lock()
@@ -1417,15 +1433,6 @@ fn shim_error(id: &str, exec_id: Option<&str>, method: &'static str, e: ttrpc::E
     }
 }
 
-fn to_proto_mount(m: &Mount) -> api::Mount {
-    api::Mount {
-        type_: m.kind.clone(),
-        source: m.source.clone(),
-        options: m.options.clone(),
-        ..Default::default()
-    }
-}
-
 /// Unmounts everything stacked on `path` (nothing mounted is fine).
 fn unmount_all(path: &Path) {
     for _ in 0..16 {
@@ -1436,18 +1443,6 @@ fn unmount_all(path: &Path) {
                 warn!("unmounting {}: {e}", path.display());
                 return;
             }
-        }
-    }
-}
-
-/// Removes a bundle: its rootfs mount point is unmounted first, so nothing below a mount
-/// is ever deleted.
-fn release_bundle(bundle: &Path) {
-    let rootfs = bundle.join("rootfs");
-    unmount_all(&rootfs);
-    if let Err(e) = std::fs::remove_dir_all(bundle) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!("removing bundle {}: {e}", bundle.display());
         }
     }
 }
