@@ -206,6 +206,22 @@ fn run_rm_output_and_exit_codes() {
     assert_eq!(e.ok(&["containers", "ls", "-q"]), "");
     assert!(e.tasks().is_empty());
     assert!(!e.ok(&["snapshots", "ls"]).contains("c1"));
+    // ... and, once rcd's trash worker is through, no bundle, mount or snapshot directory
+    let state = e.rcd.state.display().to_string();
+    let snapshots = e.rcd.root.join("overlayfs/snapshots");
+    let images_snapshots = std::fs::read_dir(&snapshots).unwrap().count();
+    wait_for("the trash worker", Duration::from_secs(20), || {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let trash = std::fs::read_dir(e.rcd.state.join("trash"))
+            .map(|rd| rd.count())
+            .unwrap_or(0);
+        let removing = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().starts_with("rm-"));
+        !mounts.contains(&state) && trash == 0 && !removing
+    });
+    assert!(std::fs::read_dir(&snapshots).unwrap().count() <= images_snapshots);
     // without --rm the container stays (its task is gone)
     let out = e.rctr(&["run", &e.image, "c3", "true"]);
     assert!(out.status.success(), "{out:?}");

@@ -278,6 +278,11 @@ fn alive(pid: u32) -> bool {
 }
 
 fn assert_clean(state: &Path, ids: &[String]) {
+    // deleted bundles (and their rootfs mounts) go in rcd's trash worker
+    assert!(
+        rcd::trash::flush(Duration::from_secs(20)),
+        "the trash worker did not finish"
+    );
     let tasks = state.join("tasks").join(NS);
     let left: Vec<_> = std::fs::read_dir(&tasks)
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
