@@ -557,33 +557,43 @@ async fn teardown(cri: &Cri, id: &str, mode: Teardown, tl: &Timeline) -> Result<
         r.pid = 0;
         r.clone()
     };
-    cri.store
-        .save_sandbox(&snapshot)
-        .map_err(|e| Status::internal(e.to_string()))?;
+    tl.step("record", async {
+        cri.store
+            .save_sandbox(&snapshot)
+            .map_err(|e| Status::internal(e.to_string()))
+    })
+    .await?;
     if remove {
-        let _ = std::fs::remove_dir_all(&rec.pod_dir);
+        // three independent removals, each blocking (a cgroup's rmdir takes milliseconds)
+        let pod_dir = rec.pod_dir.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&pod_dir);
+        });
         // a pod cgroup rcd named is rcd's to remove (kubelet removes its own)
         let own = format!("{}/pod-{id}", cri.cfg.cgroup_parent.trim_end_matches('/'));
-        if rec.cgroup_parent == own {
-            remove_cgroup(&own);
-        }
+        let cgroup = (rec.cgroup_parent == own)
+            .then(|| tokio::task::spawn_blocking(move || remove_cgroup(&own)));
         let md = cri.d.md.clone();
         let id_ = id.to_owned();
         let snapshotter = cri.d.snapshotter.clone();
-        let _ = tl
-            .step(
-                "pause record",
-                crate::server::service::blocking(move || {
-                    // a sandbox image's snapshot (the built-in pause has none)
-                    let _ = snapshotter.remove(NAMESPACE, &id_);
-                    md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
-                        Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
-                        r => r,
-                    })
-                    .map_err(crate::server::service::metadata_status)
-                }),
-            )
-            .await;
+        let record = crate::server::service::blocking(move || {
+            // a sandbox image's snapshot (the built-in pause has none)
+            let _ = snapshotter.remove(NAMESPACE, &id_);
+            md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
+                Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
+                r => r,
+            })
+            .map_err(crate::server::service::metadata_status)
+        });
+        let _ = tokio::join!(
+            tl.step("pod dir", files),
+            tl.step("cgroup", async {
+                if let Some(c) = cgroup {
+                    let _ = c.await;
+                }
+            }),
+            tl.step("pause record", record)
+        );
     }
     first_err.map_or(Ok(()), Err)
 }
