@@ -1283,7 +1283,7 @@ async fn a_pod_whose_pause_fails_leaves_nothing() {
     e.finish().await;
 }
 
-/// The pod network fails (a conflist whose IPAM cannot allocate) while the pause is made:
+/// The pod network fails (a conflist whose last plugin fails) while the pause is made:
 /// RunPodSandbox says why and the pause task, its shim, the namespace and the pod are
 /// undone; once the config is fixed, pods start again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1292,7 +1292,10 @@ async fn a_pod_whose_network_fails_leaves_nothing() {
     let conf = e.dir.path().join("net.d/10-test.conflist");
     let good = std::fs::read(&conf).unwrap();
     let mut broken: serde_json::Value = serde_json::from_slice(&good).unwrap();
-    broken["plugins"][0]["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.232.7.0/33"}]]);
+    // a chained plugin that fails after bridge made the veth and host-local gave an address
+    broken["plugins"].as_array_mut().unwrap().push(
+        serde_json::json!({"type": "tuning", "sysctl": {"net.core.rcd_test_nonexistent": "1"}}),
+    );
     std::fs::write(&conf, broken.to_string()).unwrap();
     // Status re-reads the config dir
     e.rt.status(cri::StatusRequest { verbose: false })
