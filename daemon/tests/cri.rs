@@ -12,7 +12,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rcd::cni::BridgeNetwork;
-use rtest::{busybox_image, pause_image, Registry};
+use rtest::{busybox_image, pause_image, ImageBuilder, Registry, TarBuilder};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -393,6 +393,94 @@ impl Env {
         ] {
             let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/rcd-test-cri-{}", self.n));
         }
+    }
+}
+
+impl Env {
+    /// What a pod that failed to start could leave behind: sandboxes, network namespaces,
+    /// addresses, veths on the test bridge, shims, task bundles, pod dirs, active snapshots
+    /// and pod cgroups.
+    async fn leftovers(&mut self) -> Vec<String> {
+        let mut left = vec![];
+        let pods = self
+            .rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        left.extend(pods.iter().map(|p| format!("sandbox {}", p.id)));
+        let names = |dir: PathBuf| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|r| {
+                    r.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let state = &self.rcd.state;
+        for (what, dir) in [
+            ("netns", state.join("cri/netns")),
+            ("pod dir", state.join("cri/pods")),
+            ("task bundle", state.join("tasks/k8s.io")),
+        ] {
+            left.extend(names(dir).into_iter().map(|n| format!("{what} {n}")));
+        }
+        let ipam = self.dir.path().join(format!("ipam/rcdcri-{}", self.n));
+        left.extend(
+            names(ipam)
+                .into_iter()
+                .filter(|n| n.starts_with("10."))
+                .map(|n| format!("address {n}")),
+        );
+        let veths = Command::new("ip")
+            .args(["-o", "link", "show", "master", &bridge(self.n)])
+            .output()
+            .unwrap();
+        left.extend(
+            String::from_utf8_lossy(&veths.stdout)
+                .lines()
+                .map(|l| format!("veth {l}")),
+        );
+        // shims: `-address <rcd's socket>` in their argv (rcd's own is `--address`)
+        let address = self.rcd.address.display().to_string();
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<_> = cmd.split(|b| *b == 0).collect();
+            if args
+                .windows(2)
+                .any(|w| w[0] == b"-address" && w[1] == address.as_bytes())
+            {
+                left.push(format!("shim {}", String::from_utf8_lossy(&cmd)));
+            }
+        }
+        let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
+        req.metadata_mut()
+            .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+        let snaps =
+            rcd_proto::v1::snapshots_client::SnapshotsClient::new(connect(&self.rcd.address).await)
+                .list(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .snapshots;
+        left.extend(
+            snaps
+                .iter()
+                .filter(|s| s.kind == "active")
+                .map(|s| format!("snapshot {}", s.key)),
+        );
+        let cg = PathBuf::from(format!("/sys/fs/cgroup/memory/rcd-test-cri-{}", self.n));
+        left.extend(
+            names(cg.clone())
+                .into_iter()
+                .filter(|n| cg.join(n).is_dir())
+                .map(|n| format!("cgroup {n}")),
+        );
+        left
     }
 }
 
@@ -1160,5 +1248,83 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
             .snapshots;
     assert!(!snaps.is_empty(), "the image's layer is a snapshot");
     assert!(snaps.iter().all(|s| s.key != pod), "{snaps:?}");
+    e.finish().await;
+}
+
+/// The pause fails while the pod network is set up beside it: RunPodSandbox says why, and
+/// the network (namespace, veth, address), the shim, the snapshot and the pod are undone;
+/// twice, so nothing of the first attempt is in the way of the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_pause_fails_leaves_nothing() {
+    const PAUSE: &str = "registry.k8s.io/pause:broken";
+    let mut e = env_with(6, &format!("sandbox_image = {PAUSE:?}\n")).await;
+    let broken = ImageBuilder::new()
+        .layer_tar(
+            TarBuilder::new()
+                .file("pause", b"not a program", 0o755)
+                .finish(),
+        )
+        .entrypoint(&["/nonexistent"])
+        .build()
+        .unwrap();
+    e._reg.push(&broken, "pause", "broken").unwrap();
+    for _ in 0..2 {
+        let err =
+            e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(e.pod_config("broken")),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("the pause task"), "{err:?}");
+        let left = e.leftovers().await;
+        assert!(left.is_empty(), "{left:?}");
+    }
+    e.finish().await;
+}
+
+/// The pod network fails (a conflist whose last plugin fails) while the pause is made:
+/// RunPodSandbox says why and the pause task, its shim, the namespace and the pod are
+/// undone; once the config is fixed, pods start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_network_fails_leaves_nothing() {
+    let mut e = env(7).await;
+    let conf = e.dir.path().join("net.d/10-test.conflist");
+    let good = std::fs::read(&conf).unwrap();
+    let mut broken: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    // a chained plugin that fails after bridge made the veth and host-local gave an address
+    broken["plugins"].as_array_mut().unwrap().push(
+        serde_json::json!({"type": "tuning", "sysctl": {"net.core.rcd_test_nonexistent": "1"}}),
+    );
+    std::fs::write(&conf, broken.to_string()).unwrap();
+    // Status re-reads the config dir
+    e.rt.status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err =
+            e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(e.pod_config("nonet")),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("setting up the pod network"),
+            "{err:?}"
+        );
+        let left = e.leftovers().await;
+        assert!(left.is_empty(), "{left:?}");
+    }
+    std::fs::write(&conf, &good).unwrap();
+    e.rt.status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap();
+    let pod = e.run_pod(e.pod_config("nonet")).await;
+    let st = e.pod_status(&pod).await;
+    assert!(
+        st.network.unwrap().ip.starts_with("10.232.7."),
+        "the pod has an address once the network works"
+    );
     e.finish().await;
 }

@@ -500,29 +500,35 @@ fn watch(cri: Arc<Cri>, id: String) {
         let Ok(exit) = cri.tasks.wait(NAMESPACE, &id, None).await else {
             return;
         };
-        let Some(entry) = cri.store.container(&id) else {
-            return;
-        };
-        let oom = oom_killed(&cri, &id);
-        {
-            let mut r = entry.lock().unwrap();
-            if r.state == ContainerState::Exited {
-                return;
-            }
-            r.state = ContainerState::Exited;
-            r.finished_at = (exit.exited_at_ms as i64) * 1_000_000;
-            r.exit_code = exit.status as i32;
-            if oom || r.reason == "OOMKilled" {
-                r.reason = "OOMKilled".into();
-            } else if r.exit_code == 0 {
-                r.reason = "Completed".into();
-            } else {
-                r.reason = "Error".into();
-            }
-            let _ = cri.store.save_container(&r);
-        }
-        publish(&cri, &id, cri::ContainerEventType::ContainerStoppedEvent);
+        record_exit(&cri, &id, &exit);
     });
+}
+
+/// Records a container's exit, once: the watcher and a StopContainer that saw the task end
+/// both call it; whichever comes first records it and publishes the stopped event.
+fn record_exit(cri: &Cri, id: &str, exit: &crate::task::Exit) {
+    let Some(entry) = cri.store.container(id) else {
+        return;
+    };
+    let oom = oom_killed(cri, id);
+    {
+        let mut r = entry.lock().unwrap();
+        if r.state == ContainerState::Exited {
+            return;
+        }
+        r.state = ContainerState::Exited;
+        r.finished_at = (exit.exited_at_ms as i64) * 1_000_000;
+        r.exit_code = exit.status as i32;
+        if oom || r.reason == "OOMKilled" {
+            r.reason = "OOMKilled".into();
+        } else if r.exit_code == 0 {
+            r.reason = "Completed".into();
+        } else {
+            r.reason = "Error".into();
+        }
+        let _ = cri.store.save_container(&r);
+    }
+    publish(cri, id, cri::ContainerEventType::ContainerStoppedEvent);
 }
 
 /// After a start: watches every running container again, and notes OOM events.
@@ -591,7 +597,13 @@ pub async fn stop(cri: &Arc<Cri>, id: &str, timeout: i64) -> Result<(), Status> 
         return Ok(());
     }
     super::sandbox::stop_task(cri, &id, Duration::from_secs(timeout.max(0) as u64)).await?;
-    // the watcher records the exit; wait for it so the caller sees EXITED
+    // the caller must see EXITED: the task has ended, so its exit is there to record now
+    // (waiting for the watcher to do it cost a 20 ms poll per container)
+    if let Ok(Ok(exit)) =
+        tokio::time::timeout(Duration::from_secs(2), cri.tasks.wait(NAMESPACE, &id, None)).await
+    {
+        record_exit(cri, &id, &exit);
+    }
     for _ in 0..100 {
         if entry.lock().unwrap().state == ContainerState::Exited {
             break;

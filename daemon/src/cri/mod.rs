@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod service;
 pub mod stats;
 pub mod store;
+mod timing;
 
 use crate::cni::{Cni, CniOptions};
 use crate::server::Daemon;

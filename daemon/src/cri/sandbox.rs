@@ -1,6 +1,7 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
 
 use super::store::{SandboxRecord, SandboxState};
+use super::timing::Timeline;
 use super::{internal, labels_match, new_id, now_ns, Cri, CriError, NAMESPACE};
 use crate::cni::{dns, netns, NetNs, PodNetworkRequest, PortMapping};
 use crate::metadata::{ContainerRecord as MdContainer, Labels};
@@ -86,7 +87,7 @@ pub(crate) fn get(cri: &Cri, id: &str) -> Result<super::store::Entry<SandboxReco
         .ok_or_else(|| Status::not_found(format!("pod sandbox {id:?} not found")))
 }
 
-pub async fn run(cri: &Cri, req: cri::RunPodSandboxRequest) -> Result<String, Status> {
+pub async fn run(cri: &Arc<Cri>, req: cri::RunPodSandboxRequest) -> Result<String, Status> {
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("no pod sandbox config given"))?;
@@ -134,32 +135,48 @@ pub async fn run(cri: &Cri, req: cri::RunPodSandboxRequest) -> Result<String, St
         }
         Err(e) => return Err(Status::internal(e.to_string())),
     }
-    match setup(cri, rec).await {
-        Ok(rec) => {
-            info!(id = %id, name = %rec.name, ip = ?rec.ips, "pod sandbox ready");
-            Ok(id)
+    // Runs to its end even if the caller stops waiting (kubelet's deadline): a pod set up
+    // halfway would leak its namespace, addresses and pause task.
+    let cri = cri.clone();
+    tokio::spawn(async move {
+        let tl = Timeline::new("run pod sandbox", &id);
+        match setup(&cri, rec, &tl).await {
+            Ok(rec) => {
+                info!(id = %id, name = %rec.name, ip = ?rec.ips, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                warn!(id = %id, "pod sandbox failed: {}", e.message());
+                if let Err(e2) = tl
+                    .step("undo", teardown(&cri, &id, Teardown::Undo, &tl))
+                    .await
+                {
+                    warn!(id = %id, "undoing the failed pod sandbox: {}", e2.message());
+                }
+                let _ = cri.store.remove_sandbox(&id);
+                Err(e)
+            }
         }
-        Err(e) => {
-            warn!(id = %id, "pod sandbox failed: {}", e.message());
-            let _ = teardown(cri, &id, true).await;
-            let _ = cri.store.remove_sandbox(&id);
-            Err(e)
-        }
-    }
+    })
+    .await
+    .map_err(|e| Status::internal(format!("running the pod sandbox: {e}")))?
 }
 
-async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Status> {
+async fn setup(cri: &Cri, mut rec: SandboxRecord, tl: &Timeline) -> Result<SandboxRecord, Status> {
     let id = rec.id.clone();
     let config = rec.config.clone();
     let meta = config.metadata.clone().unwrap_or_default();
-    let (net, pid, ipc) = ns_mode(namespace_options(&config).as_ref());
+    let (net, _, _) = ns_mode(namespace_options(&config).as_ref());
     let entry = cri.store.sandbox(&id).expect("just added");
     // network: a pinned namespace, loopback + the pod network through CNI
-    let mut ips: Vec<std::net::IpAddr> = vec![];
     if net != NODE {
         let dir = cri.state_dir.join("netns");
         let id_ = id.clone();
-        let ns = tokio::task::spawn_blocking(move || NetNs::create(&dir, &id_))
+        let ns = tl
+            .step(
+                "netns",
+                tokio::task::spawn_blocking(move || NetNs::create(&dir, &id_)),
+            )
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("creating the pod's network namespace: {e}")))?;
@@ -168,16 +185,6 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
         cri.store
             .save_sandbox(&rec)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let req = network_request(&rec);
-        let pn = cri
-            .cni
-            .read()
-            .await
-            .setup_pod(&req)
-            .await
-            .map_err(|e| Status::internal(format!("setting up the pod network: {e}")))?;
-        ips = pn.ips.clone();
-        rec.ips = pn.ips.iter().map(|i| i.to_string()).collect();
     }
     let hostname = if net == NODE {
         nix::unistd::gethostname()
@@ -188,25 +195,88 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
     } else {
         config.hostname.clone()
     };
-    let dns_cfg = config.dns_config.as_ref().map(|d| dns::DnsConfig {
+    // The pod network and the pause need nothing from each other (the pause joins the
+    // pinned namespace by path; its spec mounts none of the pod files), so they are set up
+    // at the same time. Both run to their end before the pod is Ready, or before `run`
+    // undoes whatever either made.
+    let (network, pause) = tokio::join!(
+        pod_network(cri, &rec, &hostname, tl),
+        pause_task(cri, &rec, &hostname, tl)
+    );
+    let (ips, pid) = match (network, pause) {
+        (Ok(ips), Ok(pid)) => (ips, pid),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(e), Err(e2)) => {
+            warn!(id = %id, "the pause failed too: {}", e2.message());
+            return Err(e);
+        }
+    };
+    rec.ips = ips.iter().map(|i| i.to_string()).collect();
+    rec.pid = pid;
+    rec.state = SandboxState::Ready;
+    *entry.lock().unwrap() = rec.clone();
+    tl.step("record", async {
+        cri.store
+            .save_sandbox(&rec)
+            .map_err(|e| Status::internal(e.to_string()))
+    })
+    .await?;
+    Ok(rec)
+}
+
+/// CNI ADD in the pod's namespace (none with the host's network), then the pod's
+/// resolv.conf, hosts and hostname; returns the pod's IPs.
+async fn pod_network(
+    cri: &Cri,
+    rec: &SandboxRecord,
+    hostname: &str,
+    tl: &Timeline,
+) -> Result<Vec<std::net::IpAddr>, Status> {
+    let mut ips = vec![];
+    if rec.netns.is_some() {
+        let req = network_request(rec);
+        let pn = tl
+            .step("cni add", async {
+                cri.cni.read().await.setup_pod(&req).await
+            })
+            .await
+            .map_err(|e| Status::internal(format!("setting up the pod network: {e}")))?;
+        ips = pn.ips;
+    }
+    let dns_cfg = rec.config.dns_config.as_ref().map(|d| dns::DnsConfig {
         servers: d.servers.clone(),
         searches: d.searches.clone(),
         options: d.options.clone(),
     });
     let dir = rec.pod_dir.clone();
     let files_req = dns::PodFilesRequest {
-        hostname: hostname.clone(),
-        ips,
+        hostname: hostname.to_owned(),
+        ips: ips.clone(),
         dns: dns_cfg,
         host_resolv_conf: None,
     };
-    tokio::task::spawn_blocking(move || dns::write_pod_files(&dir, &files_req))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::invalid_argument(format!("pod files: {e}")))?;
-    // the pause task: the built-in pause, or the configured sandbox image (pulled if absent,
-    // as containerd does)
-    let image = sandbox_image(cri).await?;
+    tl.step(
+        "pod files",
+        tokio::task::spawn_blocking(move || dns::write_pod_files(&dir, &files_req)),
+    )
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::invalid_argument(format!("pod files: {e}")))?;
+    Ok(ips)
+}
+
+/// Creates and starts the pause task: the built-in pause, or the configured sandbox image
+/// (pulled if absent, as containerd does). Returns its pid.
+async fn pause_task(
+    cri: &Cri,
+    rec: &SandboxRecord,
+    hostname: &str,
+    tl: &Timeline,
+) -> Result<u32, Status> {
+    let id = rec.id.clone();
+    let config = &rec.config;
+    let (net, pid, ipc) = ns_mode(namespace_options(config).as_ref());
+    let image = tl.step("pause image", sandbox_image(cri)).await?;
     let rootfs = pause_rootfs(&cri.d.settings.root);
     let sc = config
         .linux
@@ -218,7 +288,7 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
         // the image's entrypoint and command, when it is an image
         args: builtin.then(|| vec!["/pause".into()]),
         entrypoint: builtin.then(Vec::new),
-        hostname: (net != NODE).then(|| hostname.clone()),
+        hostname: (net != NODE).then(|| hostname.to_owned()),
         readonly_rootfs: true,
         namespace: Some(NAMESPACE.into()),
         cgroups_path: Some(spec::cgroups_path_under(&rec.cgroup_parent, &id)),
@@ -253,73 +323,78 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
     let md = cri.d.md.clone();
     let now = chrono::Utc::now();
     let kind = Labels::from([("io.cri-containerd.kind".into(), "sandbox".into())]);
-    let (spec_json, rootfs_mounts) = match image {
-        None => {
-            let root2 = rootfs.clone();
-            let generated =
-                tokio::task::spawn_blocking(move || spec::generate(None, &sreq, &root2))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| Status::invalid_argument(format!("pod sandbox: {e}")))?;
-            let mut spec_json = serde_json::to_value(&generated.spec)
-                .map_err(|e| internal("encoding")(e.to_string()))?;
-            spec_json["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-            let md_rec = MdContainer {
-                id: id.clone(),
-                image: "rcd.io/builtin/pause".into(),
-                snapshot_key: None,
-                labels: kind,
-                spec: spec_json.clone(),
-                runtime: None,
-                created: now,
-                updated: now,
-            };
-            crate::server::service::blocking(move || {
-                md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
-                    .map_err(crate::server::service::metadata_status)
-            })
-            .await?;
-            (spec_json, vec![])
-        }
-        Some((image, img_cfg, top)) => {
-            let snapshotter = cri.d.snapshotter.clone();
-            let scratch = cri.state_dir.join("spec-mounts").join(&id);
-            let id_ = id.clone();
-            crate::server::service::blocking(move || {
-                std::fs::create_dir_all(&scratch).map_err(|e| {
-                    Status::internal(format!("creating {}: {e}", scratch.display()))
-                })?;
-                let mounts = snapshotter
-                    .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
-                    .map_err(crate::server::service::snapshot_status)?;
-                let made =
-                    crate::server::containers::generate_spec(&img_cfg, &sreq, &mounts, &scratch)
-                        .and_then(|spec| {
-                            let md_rec = MdContainer {
-                                id: id_.clone(),
-                                image: image.name.clone(),
-                                snapshot_key: Some(id_.clone()),
-                                labels: kind,
-                                spec: spec.clone(),
-                                runtime: None,
-                                created: now,
-                                updated: now,
-                            };
-                            md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
-                                .map_err(crate::server::service::metadata_status)?;
-                            Ok((spec, mounts))
-                        });
-                let _ = std::fs::remove_dir(&scratch);
-                if made.is_err() {
-                    let _ = snapshotter.remove(NAMESPACE, &id_);
-                }
-                made
-            })
-            .await?
+    let prepared = async {
+        match image {
+            None => {
+                let root2 = rootfs.clone();
+                let generated =
+                    tokio::task::spawn_blocking(move || spec::generate(None, &sreq, &root2))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(|e| Status::invalid_argument(format!("pod sandbox: {e}")))?;
+                let mut spec_json = serde_json::to_value(&generated.spec)
+                    .map_err(|e| internal("encoding")(e.to_string()))?;
+                spec_json["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+                let md_rec = MdContainer {
+                    id: id.clone(),
+                    image: "rcd.io/builtin/pause".into(),
+                    snapshot_key: None,
+                    labels: kind,
+                    spec: spec_json.clone(),
+                    runtime: None,
+                    created: now,
+                    updated: now,
+                };
+                crate::server::service::blocking(move || {
+                    md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
+                        .map_err(crate::server::service::metadata_status)
+                })
+                .await?;
+                Ok((spec_json, vec![]))
+            }
+            Some((image, img_cfg, top)) => {
+                let snapshotter = cri.d.snapshotter.clone();
+                let scratch = cri.state_dir.join("spec-mounts").join(&id);
+                let id_ = id.clone();
+                crate::server::service::blocking(move || {
+                    std::fs::create_dir_all(&scratch).map_err(|e| {
+                        Status::internal(format!("creating {}: {e}", scratch.display()))
+                    })?;
+                    let mounts = snapshotter
+                        .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
+                        .map_err(crate::server::service::snapshot_status)?;
+                    let made = crate::server::containers::generate_spec(
+                        &img_cfg, &sreq, &mounts, &scratch,
+                    )
+                    .and_then(|spec| {
+                        let md_rec = MdContainer {
+                            id: id_.clone(),
+                            image: image.name.clone(),
+                            snapshot_key: Some(id_.clone()),
+                            labels: kind,
+                            spec: spec.clone(),
+                            runtime: None,
+                            created: now,
+                            updated: now,
+                        };
+                        md.write(|tx| tx.create_container(NAMESPACE, &md_rec))
+                            .map_err(crate::server::service::metadata_status)?;
+                        Ok((spec, mounts))
+                    });
+                    let _ = std::fs::remove_dir(&scratch);
+                    if made.is_err() {
+                        let _ = snapshotter.remove(NAMESPACE, &id_);
+                    }
+                    made
+                })
+                .await
+            }
         }
     };
-    cri.tasks
-        .create(
+    let (spec_json, rootfs_mounts) = tl.step("pause spec", prepared).await?;
+    tl.step(
+        "pause create",
+        cri.tasks.create(
             NAMESPACE,
             &id,
             CreateOptions {
@@ -327,21 +402,13 @@ async fn setup(cri: &Cri, mut rec: SandboxRecord) -> Result<SandboxRecord, Statu
                 rootfs: rootfs_mounts,
                 io: IoConfig::default(),
             },
-        )
+        ),
+    )
+    .await
+    .map_err(|e| Status::internal(format!("creating the pause task: {e}")))?;
+    tl.step("pause start", cri.tasks.start(NAMESPACE, &id, None))
         .await
-        .map_err(|e| Status::internal(format!("creating the pause task: {e}")))?;
-    let pid = cri
-        .tasks
-        .start(NAMESPACE, &id, None)
-        .await
-        .map_err(|e| Status::internal(format!("starting the pause task: {e}")))?;
-    rec.pid = pid;
-    rec.state = SandboxState::Ready;
-    *entry.lock().unwrap() = rec.clone();
-    cri.store
-        .save_sandbox(&rec)
-        .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(rec)
+        .map_err(|e| Status::internal(format!("starting the pause task: {e}")))
 }
 
 /// The configured sandbox image's record, config and top layer, pulled when absent; `None`
@@ -409,30 +476,78 @@ fn network_request(rec: &SandboxRecord) -> PodNetworkRequest {
     }
 }
 
-/// Kills and deletes the pause task, releases the network; with `remove` also the pod files
-/// and the metadata record. Every step tolerates what is already gone.
-async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
-    stop_task(cri, id, Duration::ZERO).await?;
-    delete_task(cri, id).await?;
+/// What [`teardown`] is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    /// StopPodSandbox: a step that fails stops it (the namespace stays for a retry).
+    Stop,
+    /// RemovePodSandbox: also the pod files and the metadata record.
+    Remove,
+    /// Undoing a RunPodSandbox that failed: as `Remove`, but going on past failures, since
+    /// the pod's record goes and nothing would ever retry (a CNI DEL that fails like the ADD
+    /// did must not keep the namespace).
+    Undo,
+}
+
+/// Kills and deletes the pause task and, at the same time, releases the network (the
+/// namespace stays pinned until both are done, so the plugins find it); then the namespace,
+/// and with `Remove`/`Undo` the pod files and the metadata record. Every step tolerates what
+/// is already gone.
+async fn teardown(cri: &Cri, id: &str, mode: Teardown, tl: &Timeline) -> Result<(), Status> {
+    let remove = mode != Teardown::Stop;
+    let rec = cri.store.sandbox(id).map(|e| e.lock().unwrap().clone());
+    let pause = async {
+        tl.step("pause stop", stop_task(cri, id, Duration::ZERO))
+            .await?;
+        tl.step("pause delete", delete_task(cri, id)).await
+    };
+    let network = async {
+        match &rec {
+            Some(rec) if !rec.network_down && rec.netns.is_some() => {
+                let req = network_request(rec);
+                tl.step("cni del", async {
+                    cri.cni.read().await.teardown_pod(&req).await
+                })
+                .await
+                .map_err(|e| Status::internal(format!("tearing down the pod network: {e}")))
+            }
+            _ => Ok(()),
+        }
+    };
+    let (pause, network) = tokio::join!(pause, network);
+    let mut first_err = None;
+    for r in [pause, network] {
+        if let Err(e) = r {
+            if mode != Teardown::Undo {
+                return Err(e);
+            }
+            warn!(id = %id, "undoing the pod sandbox: {}", e.message());
+            first_err.get_or_insert(e);
+        }
+    }
     let Some(entry) = cri.store.sandbox(id) else {
         return Ok(());
     };
     let rec = entry.lock().unwrap().clone();
     if !rec.network_down {
-        if rec.netns.is_some() {
-            let req = network_request(&rec);
-            cri.cni
-                .read()
-                .await
-                .teardown_pod(&req)
-                .await
-                .map_err(|e| Status::internal(format!("tearing down the pod network: {e}")))?;
-        }
         if let Some(p) = rec.netns.clone() {
-            tokio::task::spawn_blocking(move || netns::remove(&p))
+            let removed = tl
+                .step(
+                    "netns remove",
+                    tokio::task::spawn_blocking(move || netns::remove(&p)),
+                )
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("removing the network namespace: {e}")))?;
+                .map_err(|e| Status::internal(e.to_string()))
+                .and_then(|r| {
+                    r.map_err(|e| Status::internal(format!("removing the network namespace: {e}")))
+                });
+            if let Err(e) = removed {
+                if mode != Teardown::Undo {
+                    return Err(e);
+                }
+                warn!(id = %id, "undoing the pod sandbox: {}", e.message());
+                first_err.get_or_insert(e);
+            }
         }
     }
     let snapshot = {
@@ -442,20 +557,26 @@ async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
         r.pid = 0;
         r.clone()
     };
-    cri.store
-        .save_sandbox(&snapshot)
-        .map_err(|e| Status::internal(e.to_string()))?;
+    tl.step("record", async {
+        cri.store
+            .save_sandbox(&snapshot)
+            .map_err(|e| Status::internal(e.to_string()))
+    })
+    .await?;
     if remove {
-        let _ = std::fs::remove_dir_all(&rec.pod_dir);
+        // three independent removals, each blocking (a cgroup's rmdir takes milliseconds)
+        let pod_dir = rec.pod_dir.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&pod_dir);
+        });
         // a pod cgroup rcd named is rcd's to remove (kubelet removes its own)
         let own = format!("{}/pod-{id}", cri.cfg.cgroup_parent.trim_end_matches('/'));
-        if rec.cgroup_parent == own {
-            remove_cgroup(&own);
-        }
+        let cgroup = (rec.cgroup_parent == own)
+            .then(|| tokio::task::spawn_blocking(move || remove_cgroup(&own)));
         let md = cri.d.md.clone();
         let id_ = id.to_owned();
         let snapshotter = cri.d.snapshotter.clone();
-        let _ = crate::server::service::blocking(move || {
+        let record = crate::server::service::blocking(move || {
             // a sandbox image's snapshot (the built-in pause has none)
             let _ = snapshotter.remove_deferred(NAMESPACE, &id_);
             md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
@@ -463,10 +584,18 @@ async fn teardown(cri: &Cri, id: &str, remove: bool) -> Result<(), Status> {
                 r => r,
             })
             .map_err(crate::server::service::metadata_status)
-        })
-        .await;
+        });
+        let _ = tokio::join!(
+            tl.step("pod dir", files),
+            tl.step("cgroup", async {
+                if let Some(c) = cgroup {
+                    let _ = c.await;
+                }
+            }),
+            tl.step("pause record", record)
+        );
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Stops a task (a container's or a pause's): the signal, `timeout`, then SIGKILL. A task
@@ -526,10 +655,17 @@ pub async fn stop(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
         return Ok(());
     };
     let id = entry.lock().unwrap().id.clone();
-    for c in super::container::of_sandbox(cri, &id) {
-        super::container::stop(cri, &c, 0).await?;
-    }
-    teardown(cri, &id, false).await?;
+    let tl = Timeline::new("stop pod sandbox", &id);
+    // the containers go at once (each is killed, no grace period), then the pause
+    let containers = super::container::of_sandbox(cri, &id);
+    tl.step(
+        "containers stop",
+        futures_util::future::try_join_all(
+            containers.iter().map(|c| super::container::stop(cri, c, 0)),
+        ),
+    )
+    .await?;
+    teardown(cri, &id, Teardown::Stop, &tl).await?;
     info!(id = %id, "pod sandbox stopped");
     Ok(())
 }
@@ -542,11 +678,17 @@ pub async fn remove(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
         return Ok(());
     };
     let id = entry.lock().unwrap().id.clone();
-    for c in super::container::of_sandbox(cri, &id) {
-        super::container::stop(cri, &c, 0).await?;
-        super::container::remove(cri, &c).await?;
-    }
-    teardown(cri, &id, true).await?;
+    let tl = Timeline::new("remove pod sandbox", &id);
+    let containers = super::container::of_sandbox(cri, &id);
+    tl.step(
+        "containers remove",
+        futures_util::future::try_join_all(containers.iter().map(|c| async move {
+            super::container::stop(cri, c, 0).await?;
+            super::container::remove(cri, c).await
+        })),
+    )
+    .await?;
+    teardown(cri, &id, Teardown::Remove, &tl).await?;
     cri.store
         .remove_sandbox(&id)
         .map_err(|e| Status::internal(e.to_string()))?;
