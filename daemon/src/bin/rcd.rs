@@ -203,7 +203,7 @@ fn main() -> ExitCode {
     // returns it on free, as the first frees of a fresh process do.
     // SAFETY: mallopt only tunes the allocator; called before any thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 10);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
