@@ -1233,9 +1233,16 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
     })
     .await
     .unwrap();
-    // its snapshot went with it
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&pod), "{mounts}");
+    // its snapshot went with it; its rootfs is unmounted by rcd's trash worker, just after
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if !mounts.contains(&pod) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mounts}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
     req.metadata_mut()
         .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
