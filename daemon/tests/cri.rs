@@ -65,6 +65,19 @@ fn purge_net(n: u8) {
     }
 }
 
+/// The snapshots of the CRI's namespace, through rcd's native API.
+async fn cri_snapshots(address: &Path) -> Vec<rcd_proto::v1::Snapshot> {
+    let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
+    req.metadata_mut()
+        .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+    rcd_proto::v1::snapshots_client::SnapshotsClient::new(connect(address).await)
+        .list(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
+}
+
 async fn connect(address: &Path) -> Channel {
     let path = address.to_owned();
     Endpoint::from_static("http://rcd.sock")
@@ -457,16 +470,7 @@ impl Env {
                 left.push(format!("shim {}", String::from_utf8_lossy(&cmd)));
             }
         }
-        let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
-        req.metadata_mut()
-            .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
-        let snaps =
-            rcd_proto::v1::snapshots_client::SnapshotsClient::new(connect(&self.rcd.address).await)
-                .list(req)
-                .await
-                .unwrap()
-                .into_inner()
-                .snapshots;
+        let snaps = cri_snapshots(&self.rcd.address).await;
         left.extend(
             snaps
                 .iter()
@@ -1243,16 +1247,7 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
         assert!(Instant::now() < deadline, "{mounts}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut req = tonic::Request::new(rcd_proto::v1::ListSnapshotsRequest {});
-    req.metadata_mut()
-        .insert(rcd_proto::NAMESPACE_HEADER, "k8s.io".parse().unwrap());
-    let snaps =
-        rcd_proto::v1::snapshots_client::SnapshotsClient::new(connect(&e.rcd.address).await)
-            .list(req)
-            .await
-            .unwrap()
-            .into_inner()
-            .snapshots;
+    let snaps = cri_snapshots(&e.rcd.address).await;
     assert!(!snaps.is_empty(), "the image's layer is a snapshot");
     assert!(snaps.iter().all(|s| s.key != pod), "{snaps:?}");
     e.finish().await;
