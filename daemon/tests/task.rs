@@ -245,7 +245,12 @@ impl Env {
         for t in &tasks {
             if let Some(a) = &t.address {
                 let path = a.trim_start_matches("unix://");
-                assert!(!Path::new(path).exists(), "socket {path} of {} left", t.id);
+                // the shim and its socket go just after the delete's reply
+                assert!(
+                    rtest::poll_until(Duration::from_secs(5), || !Path::new(path).exists()),
+                    "socket {path} of {} left",
+                    t.id
+                );
             }
             if let Some(pid) = t.shim_pid {
                 assert!(

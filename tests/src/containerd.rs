@@ -402,6 +402,13 @@ state = "{d}/state"
             }
         }
 
+        // The runtimes' state dirs of our namespace (the shims' default `--root` is
+        // host-wide, `/run/containerd/<runtime>/<namespace>`): empty once all is deleted.
+        for rt in ["runr", "runc"] {
+            let _ =
+                std::fs::remove_dir(Path::new("/run/containerd").join(rt).join(&self.namespace));
+        }
+
         // Mounts under our dir (rootfs overlays, shm), deepest first.
         let mut mounts = mounts_under(self.dir.path());
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));

@@ -32,6 +32,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         r: Request<cri::RunPodSandboxRequest>,
     ) -> R<cri::RunPodSandboxResponse> {
+        // the pause container's cgroup move waits less (see `task::warm`)
+        let _warm = crate::task::warm::hold();
         let id = sandbox::run(&self.0, r.into_inner()).await?;
         ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }

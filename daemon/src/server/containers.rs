@@ -463,6 +463,9 @@ impl pb::containers_server::Containers for ContainersService {
         let rt = &self.0;
         let d = &rt.d;
         check_id(&req.id)?;
+        // a task create of this container usually follows at once: its cgroup move finds
+        // the kernel's lock warm (see `task::warm`)
+        crate::task::warm::for_a_while(std::time::Duration::from_millis(250));
         if !req.runtime.is_empty() && Path::new(&req.runtime) != rt.shim {
             return Err(Status::invalid_argument(format!(
                 "runtime {:?}: this rcd runs every task under {} (set `shim` in its config)",

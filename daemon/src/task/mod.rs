@@ -21,6 +21,7 @@ mod events;
 mod io;
 mod record;
 mod shim;
+pub mod warm;
 
 pub use error::{Result, ShimCode, TaskError};
 pub use events::{
@@ -51,6 +52,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 const TASKS_DIR: &str = "tasks";
+/// The runtime's `--root` (`<this>/<namespace>`): under rcd's own state, so two rcds on
+/// one host (tests, benchmarks) never see each other's containers.
+const RUNTIME_DIR: &str = "runtime";
 /// Where, under rcd's state dir, bundles and scratch dirs wait for the trash worker
 /// (`crate::trash`); emptied at start-up.
 pub fn trash_dir(state_dir: &Path) -> PathBuf {
@@ -251,6 +255,9 @@ struct Inner {
     tasks: Mutex<HashMap<(String, String), Arc<Task>>>,
     /// Tasks between their bundle's creation and their entry in `tasks`: not leftovers.
     creating: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Deleted tasks whose shim may still be on its way out; `true` once it is gone. A new
+    /// task of the same id waits for it: the shims' socket path comes from the id.
+    exiting: Mutex<HashMap<(String, String), watch::Receiver<bool>>>,
     events: broadcast::Sender<TaskEvent>,
     server: tokio::sync::Mutex<Option<ttrpc::asynchronous::Server>>,
 }
@@ -275,6 +282,7 @@ impl TaskManager {
                 cfg,
                 tasks: Mutex::new(HashMap::new()),
                 creating: Mutex::new(Default::default()),
+                exiting: Mutex::new(HashMap::new()),
                 events: tx,
                 server: tokio::sync::Mutex::new(Some(server)),
             }),
@@ -397,12 +405,21 @@ impl TaskManager {
     ) -> Result<(u32, ProcessIo)> {
         record::check_name("namespace", namespace)?;
         record::check_name("task id", id)?;
+        // from here to the shim's reply the grace period of runr's cgroup move runs
+        // alongside the shim's start-up (see `warm`)
+        let _warm = warm::hold();
         if !opts.spec.is_object() {
             return Err(TaskError::InvalidRequest {
                 id: id.to_owned(),
                 what: "spec",
                 reason: "the OCI spec must be a JSON object".into(),
             });
+        }
+        let key = (namespace.to_owned(), id.to_owned());
+        let exiting = self.inner.exiting.lock().unwrap().get(&key).cloned();
+        if let Some(mut gone) = exiting {
+            // bounded by the reaper's own limits (5 s, then SIGKILL and 2 s)
+            let _ = gone.wait_for(|g| *g).await;
         }
         let bundle = self.bundle_dir(namespace, id);
         let ns_dir = bundle.parent().expect("a bundle has a parent");
@@ -419,7 +436,6 @@ impl TaskManager {
             Err(e) => return Err(TaskError::io("creating", &bundle, e)),
         }
         let binary = self.inner.cfg.shim_binary.clone();
-        let key = (namespace.to_owned(), id.to_owned());
         self.inner.creating.lock().unwrap().insert(key.clone());
         let r = match self.create_in(namespace, id, &bundle, &binary, opts).await {
             Ok(r) => Ok(r),
@@ -497,6 +513,9 @@ impl TaskManager {
             stdin: prepared.stdin,
             stdout: prepared.stdout,
             stderr: prepared.stderr,
+            options: MessageField::some(runtime_options(
+                &self.inner.cfg.state_dir.join(RUNTIME_DIR),
+            )),
             ..Default::default()
         };
         let resp = client
@@ -594,6 +613,7 @@ impl TaskManager {
     /// Starts the init (`exec_id` `None`) or an exec; returns its pid.
     pub async fn start(&self, namespace: &str, id: &str, exec_id: Option<&str>) -> Result<u32> {
         let t = self.get(namespace, id)?;
+        let _warm = exec_id.map(|_| warm::hold());
         let req = api::StartRequest {
             id: id.to_owned(),
             exec_id: exec_id.unwrap_or_default().to_owned(),
@@ -723,6 +743,8 @@ impl TaskManager {
                 reason: "the process spec must be a JSON object".into(),
             });
         }
+        // the exec's Start, which follows, moves it into the container's cgroup
+        warm::for_a_while(Duration::from_millis(250));
         let prepared = io::prepare(id, &format!("exec-{exec_id}"), &t.bundle, &io_cfg)?;
         let mut spec = Any::new();
         spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
@@ -983,29 +1005,9 @@ impl TaskManager {
                     .await;
             }
             t.dead.store(true, Ordering::Relaxed);
-            if let Some(pid) = t.shim_pid {
-                if !shim::wait_gone(pid, Duration::from_secs(5)).await {
-                    warn!(
-                        namespace,
-                        id, pid, "shim still running after shutdown: killing it"
-                    );
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    shim::wait_gone(pid, Duration::from_secs(2)).await;
-                }
-            }
-            // a shim should remove its socket on the way out; not every one does, and a
-            // child that inherited its listener keeps the socket answering for a moment
-            if let Some(a) = &t.address {
-                for _ in 0..25 {
-                    if remove_dead_socket(a) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
+            // The shim ends a few ms after its Shutdown reply (threads, its socket); the
+            // caller need not wait for that, only a new task of the same id does.
+            self.reap_shim(namespace, id, t.shim_pid, t.address.clone());
         } else {
             // a dead shim's cleanup may still be running
             let _guard = t.cleanup.lock().await;
@@ -1026,6 +1028,43 @@ impl TaskManager {
             exited_at_ms: record::now_ms(),
         });
         Ok(exit)
+    }
+
+    /// Waits in the background for a shut-down shim to end (killing it if it lingers) and
+    /// for its socket to go; until then `create` of the same id waits.
+    fn reap_shim(&self, namespace: &str, id: &str, pid: Option<u32>, address: Option<String>) {
+        let key = (namespace.to_owned(), id.to_owned());
+        let (done, gone) = watch::channel(false);
+        self.inner.exiting.lock().unwrap().insert(key.clone(), gone);
+        let m = self.clone();
+        let (namespace, id) = (namespace.to_owned(), id.to_owned());
+        tokio::spawn(async move {
+            if let Some(pid) = pid {
+                if !shim::wait_gone(pid, Duration::from_secs(5)).await {
+                    warn!(
+                        namespace,
+                        id, pid, "shim still running after shutdown: killing it"
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    shim::wait_gone(pid, Duration::from_secs(2)).await;
+                }
+            }
+            // a shim should remove its socket on the way out; not every one does, and a
+            // child that inherited its listener keeps the socket answering for a moment
+            if let Some(a) = &address {
+                for _ in 0..25 {
+                    if remove_dead_socket(a) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            m.inner.exiting.lock().unwrap().remove(&key);
+            let _ = done.send(true);
+        });
     }
 
     async fn call<T, F, Fut>(
@@ -1479,4 +1518,45 @@ fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// containerd's runc shim options (`containerd.runc.v1.Options`) with only `root` (field 7)
+/// set, which both rshim and containerd-shim-runc-v2 read.
+fn runtime_options(root: &Path) -> Any {
+    let root = root.as_os_str().as_encoded_bytes();
+    let mut value = vec![7 << 3 | 2];
+    let mut n = root.len();
+    while n >= 0x80 {
+        value.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    value.push(n as u8);
+    value.extend_from_slice(root);
+    let mut any = Any::new();
+    any.type_url = "containerd.runc.v1.Options".into();
+    any.value = value;
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::{
+        well_known_types::empty::Empty, Message, UnknownValueRef,
+    };
+
+    #[test]
+    fn runtime_options_carry_the_root() {
+        // 200 bytes: a length that needs two varint bytes
+        let root = PathBuf::from(format!("/{}", "r".repeat(199)));
+        let any = runtime_options(&root);
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        let bag = Empty::parse_from_bytes(&any.value).unwrap();
+        match bag.special_fields.unknown_fields().get(7) {
+            Some(UnknownValueRef::LengthDelimited(b)) => {
+                assert_eq!(b, root.as_os_str().as_encoded_bytes())
+            }
+            other => panic!("field 7: {other:?}"),
+        }
+    }
 }
