@@ -283,15 +283,20 @@ fn alive(pid: u32) -> bool {
 }
 
 fn assert_clean(state: &Path, ids: &[String]) {
-    // deleted bundles (and their rootfs mounts) go in rcd's trash worker
+    // a deleted task's bundle leaves its path once its shim has ended, just after the
+    // delete's reply; then its files (and rootfs mounts) go in rcd's trash worker
+    let tasks = state.join("tasks").join(NS);
+    let bundles = || -> Vec<_> {
+        std::fs::read_dir(&tasks)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    rtest::poll_until(Duration::from_secs(10), || bundles().is_empty());
     assert!(
         rcd::trash::flush(Duration::from_secs(20)),
         "the trash worker did not finish"
     );
-    let tasks = state.join("tasks").join(NS);
-    let left: Vec<_> = std::fs::read_dir(&tasks)
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = bundles();
     assert!(
         left.is_empty(),
         "bundles left in {}: {left:?}",
@@ -794,7 +799,9 @@ async fn refusals_leave_nothing_behind() {
     // a created task that never started can be deleted
     let (id, _) = env.create(&["sleep", "1000"], IoConfig::default()).await;
     env.m.delete(NS, &id).await.unwrap();
-    assert!(!env.state().join("tasks").join(NS).join(&id).exists());
+    // the bundle's path is freed once the shim has ended, just after the reply
+    let bundle = env.state().join("tasks").join(NS).join(&id);
+    assert!(rtest::poll_until(Duration::from_secs(10), || !bundle.exists()));
 
     // a bundle whose creation never finished (rcd killed before the shim answered) is
     // removed by the next reconnect, and so is a bundle without a record

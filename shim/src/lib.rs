@@ -405,8 +405,9 @@ fn serve(a: &Args) -> Result<()> {
     server.start().context("starting the ttrpc server")?;
     tracing::info!(id = a.id, namespace = a.namespace, "serving");
     drop_mapped_text();
-    // The main thread takes every signal: children's exits, and SIGUSR1 from Shutdown and
-    // from the event publisher once it has sent what was queued. Exiting at Shutdown itself
+    // The main thread takes every signal: children's exits, and SIGUSR1 from Shutdown, from
+    // the event publisher once it has sent what was queued and from a deferred runtime
+    // delete once it is done. Exiting at Shutdown itself
     // lost the task's /tasks/delete (one `publish` process per event, still running): the
     // main thread keeps reaping until the publisher is done, for at most EVENTS_GRACE.
     const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -428,7 +429,7 @@ fn serve(a: &Args) -> Result<()> {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGUSR2);
                     });
                 }
-                if svc.events_drained() {
+                if svc.events_drained() && svc.deferred_done() {
                     break;
                 }
             }

@@ -80,7 +80,17 @@ pub struct Service {
     cv: Condvar,
     namespace: String,
     shutdown: std::sync::atomic::AtomicBool,
+    /// Runtime deletes still running after their Delete was answered (see
+    /// [`DEFER_RUNTIME_DELETE`]); the process waits for them before it exits.
+    deferred: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// ttrpc metadata a caller puts on an init's Delete to have the runtime's `delete` of an
+/// exited container run after the reply, off the caller's path. Only for a caller that owns
+/// the rootfs, does not reuse the id before this shim has exited, and lets the container's
+/// cgroup go after that too: rcd. containerd never sends it, so for containerd Delete
+/// returns after the runtime's delete, as runc's shim does.
+pub const DEFER_RUNTIME_DELETE: &str = "rshim-defer-runtime-delete";
 
 fn ts(t: SystemTime) -> MessageField<Timestamp> {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -171,7 +181,13 @@ impl Service {
             cv: Condvar::new(),
             namespace,
             shutdown: Default::default(),
+            deferred: Default::default(),
         }
+    }
+
+    /// No runtime delete is still running (see [`DEFER_RUNTIME_DELETE`]).
+    pub fn deferred_done(&self) -> bool {
+        self.deferred.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Stops taking events; the ones queued (the task's delete, right before Shutdown) are
@@ -583,7 +599,11 @@ impl Service {
         Ok(resp)
     }
 
-    fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, Error> {
+    fn do_delete(
+        &self,
+        req: api::DeleteRequest,
+        defer: bool,
+    ) -> Result<api::DeleteResponse, Error> {
         let mut resp = api::DeleteResponse::new();
         if !req.exec_id.is_empty() {
             let mut all = self.lock();
@@ -617,7 +637,7 @@ impl Service {
             }
             return Ok(resp);
         }
-        let (bundle, runtime, mounted, pid) = {
+        let (bundle, runtime, mounted, pid, exited) = {
             let all = self.lock();
             let c = all
                 .get(&req.id)
@@ -626,19 +646,31 @@ impl Service {
                 .procs
                 .get("")
                 .ok_or_else(|| Self::not_found(&req.id, ""))?;
-            (c.bundle.clone(), c.runtime.clone(), c.mounted, init.pid)
+            (
+                c.bundle.clone(),
+                c.runtime.clone(),
+                c.mounted,
+                init.pid,
+                init.exit.is_some(),
+            )
         };
-        let r = runtime.run(
-            &self.reaper,
-            &bundle,
-            &["delete", "--force", &req.id],
-            ForChild::default(),
-            false,
-        );
-        if let Err(e) = r {
-            // Gone already is what delete wants.
-            if !e.to_string().contains("not exist") && !e.to_string().contains("not found") {
-                return Err(e);
+        // Only an exited init's delete is deferred: then nothing is left to kill, only the
+        // runtime's state and cgroup to remove. A rootfs this shim mounted waits for it.
+        if defer && exited && !mounted {
+            self.defer_runtime_delete(runtime, bundle.clone(), req.id.clone());
+        } else {
+            let r = runtime.run(
+                &self.reaper,
+                &bundle,
+                &["delete", "--force", &req.id],
+                ForChild::default(),
+                false,
+            );
+            if let Err(e) = r {
+                // Gone already is what delete wants.
+                if !e.to_string().contains("not exist") && !e.to_string().contains("not found") {
+                    return Err(e);
+                }
             }
         }
         // delete --force of a created or running container kills its init: record that exit.
@@ -688,6 +720,44 @@ impl Service {
             .publish(topics::TASK_DELETE_EVENT_TOPIC, any("TaskDelete", &m));
         tracing::info!(container = req.id, remaining = !empty, "deleted");
         Ok(resp)
+    }
+
+    fn defer_runtime_delete(&self, runtime: Runtime, bundle: PathBuf, id: String) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (reaper, deferred) = (self.reaper.clone(), self.deferred.clone());
+        deferred.fetch_add(1, SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("delete".into())
+            .stack_size(128 * 1024)
+            .spawn({
+                let (deferred, id) = (deferred.clone(), id.clone());
+                move || {
+                    let r = runtime.run(
+                        &reaper,
+                        &bundle,
+                        &["delete", "--force", &id],
+                        ForChild::default(),
+                        false,
+                    );
+                    if let Err(e) = r {
+                        if !e.to_string().contains("not exist")
+                            && !e.to_string().contains("not found")
+                        {
+                            tracing::warn!(container = id, error = %e, "runtime delete");
+                        }
+                    }
+                    deferred.fetch_sub(1, SeqCst);
+                    // the main thread re-checks whether it may exit now
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::this(),
+                        nix::sys::signal::Signal::SIGUSR1,
+                    );
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(container = id, error = %e, "no thread for the runtime delete");
+            deferred.fetch_sub(1, SeqCst);
+        }
     }
 
     fn do_exec(&self, req: api::ExecProcessRequest) -> Result<(), Error> {
@@ -900,9 +970,10 @@ impl containerd_shim_protos::Task for Service {
         Ok(self.do_start(req)?)
     }
 
-    fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> Res<api::DeleteResponse> {
+    fn delete(&self, ctx: &TtrpcContext, req: api::DeleteRequest) -> Res<api::DeleteResponse> {
         tracing::info!(id = req.id, exec = req.exec_id, "delete");
-        Ok(self.do_delete(req)?)
+        let defer = ctx.metadata.contains_key(DEFER_RUNTIME_DELETE);
+        Ok(self.do_delete(req, defer)?)
     }
 
     fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> Res<api::PidsResponse> {

@@ -571,8 +571,12 @@ async fn teardown(cri: &Cri, id: &str, mode: Teardown, tl: &Timeline) -> Result<
         });
         // a pod cgroup rcd named is rcd's to remove (kubelet removes its own)
         let own = format!("{}/pod-{id}", cri.cfg.cgroup_parent.trim_end_matches('/'));
-        let cgroup = (rec.cgroup_parent == own)
-            .then(|| tokio::task::spawn_blocking(move || remove_cgroup(&own)));
+        let cgroup = (rec.cgroup_parent == own).then_some(async move {
+            // the runtime removes a deleted container's cgroup (below the pod's) just
+            // after the shim's Delete reply, and is done when the shim has ended
+            cri.tasks.settled_all(NAMESPACE).await;
+            tokio::task::spawn_blocking(move || remove_cgroup(&own)).await
+        });
         let md = cri.d.md.clone();
         let id_ = id.to_owned();
         let snapshotter = cri.d.snapshotter.clone();

@@ -52,6 +52,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 const TASKS_DIR: &str = "tasks";
+/// rshim's ttrpc metadata key for a Delete whose runtime delete may follow the reply
+/// (`rshim::service::DEFER_RUNTIME_DELETE`).
+const DEFER_RUNTIME_DELETE: &str = "rshim-defer-runtime-delete";
 /// The runtime's `--root` (`<this>/<namespace>`): under rcd's own state, so two rcds on
 /// one host (tests, benchmarks) never see each other's containers.
 const RUNTIME_DIR: &str = "runtime";
@@ -415,12 +418,9 @@ impl TaskManager {
                 reason: "the OCI spec must be a JSON object".into(),
             });
         }
+        // bounded by the reaper's own limits (5 s, then SIGKILL and 2 s)
+        self.settled(namespace, id).await;
         let key = (namespace.to_owned(), id.to_owned());
-        let exiting = self.inner.exiting.lock().unwrap().get(&key).cloned();
-        if let Some(mut gone) = exiting {
-            // bounded by the reaper's own limits (5 s, then SIGKILL and 2 s)
-            let _ = gone.wait_for(|g| *g).await;
-        }
         let bundle = self.bundle_dir(namespace, id);
         let ns_dir = bundle.parent().expect("a bundle has a parent");
         std::fs::create_dir_all(ns_dir).map_err(|e| TaskError::io("creating", ns_dir, e))?;
@@ -978,7 +978,11 @@ impl TaskManager {
                 ..Default::default()
             };
             match self
-                .call(&t, "delete", None, |c, cx| async move {
+                .call(&t, "delete", None, |c, mut cx| async move {
+                    // rshim then runs the runtime's delete after its reply: the id is not
+                    // reused before the shim is gone (`reap_shim`), nor is a pod's cgroup
+                    // removed (`settled`). Other shims ignore it.
+                    cx.add(DEFER_RUNTIME_DELETE.into(), "1".into());
                     c.delete(cx, &req).await
                 })
                 .await
@@ -1007,16 +1011,16 @@ impl TaskManager {
             t.dead.store(true, Ordering::Relaxed);
             // The shim ends a few ms after its Shutdown reply (threads, its socket); the
             // caller need not wait for that, only a new task of the same id does.
-            self.reap_shim(namespace, id, t.shim_pid, t.address.clone());
+            self.reap_shim(namespace, id, &t);
         } else {
             // a dead shim's cleanup may still be running
             let _guard = t.cleanup.lock().await;
+            self.release_bundle(&t.bundle);
         }
         t.stop_background();
         if let Some(h) = t.monitor.lock().unwrap().take() {
             h.abort();
         }
-        self.release_bundle(&t.bundle);
         self.inner
             .tasks
             .lock()
@@ -1031,8 +1035,11 @@ impl TaskManager {
     }
 
     /// Waits in the background for a shut-down shim to end (killing it if it lingers) and
-    /// for its socket to go; until then `create` of the same id waits.
-    fn reap_shim(&self, namespace: &str, id: &str, pid: Option<u32>, address: Option<String>) {
+    /// for its socket to go, then releases the bundle, which the shim may use until it ends
+    /// (rshim's deferred runtime delete runs there); until then `create` of the same id
+    /// waits.
+    fn reap_shim(&self, namespace: &str, id: &str, t: &Task) {
+        let (pid, address, bundle) = (t.shim_pid, t.address.clone(), t.bundle.clone());
         let key = (namespace.to_owned(), id.to_owned());
         let (done, gone) = watch::channel(false);
         self.inner.exiting.lock().unwrap().insert(key.clone(), gone);
@@ -1062,9 +1069,36 @@ impl TaskManager {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
+            m.release_bundle(&bundle);
             m.inner.exiting.lock().unwrap().remove(&key);
             let _ = done.send(true);
         });
+    }
+
+    /// Returns once the shim of a deleted task `id` has ended (at once if none is ending):
+    /// its runtime's delete, with the container's cgroup, is then done too.
+    pub async fn settled(&self, namespace: &str, id: &str) {
+        let key = (namespace.to_owned(), id.to_owned());
+        let exiting = self.inner.exiting.lock().unwrap().get(&key).cloned();
+        if let Some(mut gone) = exiting {
+            let _ = gone.wait_for(|g| *g).await;
+        }
+    }
+
+    /// [`TaskManager::settled`] for every task of `namespace` whose shim is ending now.
+    pub async fn settled_all(&self, namespace: &str) {
+        let ending: Vec<_> = self
+            .inner
+            .exiting
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|(_, gone)| gone.clone())
+            .collect();
+        for mut gone in ending {
+            let _ = gone.wait_for(|g| *g).await;
+        }
     }
 
     async fn call<T, F, Fut>(
