@@ -110,6 +110,27 @@ pub(crate) fn any<M: Message>(name: &str, m: &M) -> Any {
     a
 }
 
+/// `<runtime> delete --force ID`; a container the runtime no longer knows is deleted already.
+fn runtime_delete(
+    runtime: &Runtime,
+    reaper: &Reaper,
+    bundle: &Path,
+    id: &str,
+) -> Result<(), Error> {
+    match runtime.run(
+        reaper,
+        bundle,
+        &["delete", "--force", id],
+        ForChild::default(),
+        false,
+    ) {
+        Err(e) if !e.to_string().contains("not exist") && !e.to_string().contains("not found") => {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 fn proc_name(exec_id: &str) -> String {
     if exec_id.is_empty() {
         "init".into()
@@ -656,22 +677,8 @@ impl Service {
         };
         // Only an exited init's delete is deferred: then nothing is left to kill, only the
         // runtime's state and cgroup to remove. A rootfs this shim mounted waits for it.
-        if defer && exited && !mounted {
-            self.defer_runtime_delete(runtime, bundle.clone(), req.id.clone());
-        } else {
-            let r = runtime.run(
-                &self.reaper,
-                &bundle,
-                &["delete", "--force", &req.id],
-                ForChild::default(),
-                false,
-            );
-            if let Err(e) = r {
-                // Gone already is what delete wants.
-                if !e.to_string().contains("not exist") && !e.to_string().contains("not found") {
-                    return Err(e);
-                }
-            }
+        if !(defer && exited && !mounted && self.defer_runtime_delete(&runtime, &bundle, &req.id)) {
+            runtime_delete(&runtime, &self.reaper, &bundle, &req.id)?;
         }
         // delete --force of a created or running container kills its init: record that exit.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -722,29 +729,21 @@ impl Service {
         Ok(resp)
     }
 
-    fn defer_runtime_delete(&self, runtime: Runtime, bundle: PathBuf, id: String) {
+    /// Runs the runtime's delete in a thread of its own; false if no thread could be made
+    /// (the caller then runs it itself).
+    fn defer_runtime_delete(&self, runtime: &Runtime, bundle: &Path, id: &str) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
+        let (runtime, bundle, id) = (runtime.clone(), bundle.to_owned(), id.to_owned());
         let (reaper, deferred) = (self.reaper.clone(), self.deferred.clone());
         deferred.fetch_add(1, SeqCst);
         let spawned = std::thread::Builder::new()
             .name("delete".into())
             .stack_size(128 * 1024)
             .spawn({
-                let (deferred, id) = (deferred.clone(), id.clone());
+                let deferred = deferred.clone();
                 move || {
-                    let r = runtime.run(
-                        &reaper,
-                        &bundle,
-                        &["delete", "--force", &id],
-                        ForChild::default(),
-                        false,
-                    );
-                    if let Err(e) = r {
-                        if !e.to_string().contains("not exist")
-                            && !e.to_string().contains("not found")
-                        {
-                            tracing::warn!(container = id, error = %e, "runtime delete");
-                        }
+                    if let Err(e) = runtime_delete(&runtime, &reaper, &bundle, &id) {
+                        tracing::warn!(container = id, error = %e, "runtime delete");
                     }
                     deferred.fetch_sub(1, SeqCst);
                     // the main thread re-checks whether it may exit now
@@ -755,9 +754,11 @@ impl Service {
                 }
             });
         if let Err(e) = spawned {
-            tracing::warn!(container = id, error = %e, "no thread for the runtime delete");
+            tracing::warn!(error = %e, "no thread for a deferred runtime delete");
             deferred.fetch_sub(1, SeqCst);
+            return false;
         }
+        true
     }
 
     fn do_exec(&self, req: api::ExecProcessRequest) -> Result<(), Error> {

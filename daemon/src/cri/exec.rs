@@ -107,7 +107,13 @@ pub async fn exec_sync(
     };
     match result {
         Ok((stdout, stderr, exit)) => {
-            let _ = cri.tasks.delete_exec(NAMESPACE, &id, &eid).await;
+            // the exec is over and its output read: its record in the shim goes after the
+            // reply (kubelet's probes wait on this call)
+            let tasks = cri.tasks.clone();
+            let (cid, exec) = (id.clone(), eid.clone());
+            tokio::spawn(async move {
+                let _ = tasks.delete_exec(NAMESPACE, &cid, &exec).await;
+            });
             let exit = exit.map_err(|e| Status::internal(format!("exec in {id}: {e}")))?;
             Ok(cri::ExecSyncResponse {
                 stdout,

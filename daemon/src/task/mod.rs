@@ -1557,15 +1557,13 @@ fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// containerd's runc shim options (`containerd.runc.v1.Options`) with only `root` (field 7)
 /// set, which both rshim and containerd-shim-runc-v2 read.
 fn runtime_options(root: &Path) -> Any {
-    let root = root.as_os_str().as_encoded_bytes();
-    let mut value = vec![7 << 3 | 2];
-    let mut n = root.len();
-    while n >= 0x80 {
-        value.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    value.push(n as u8);
-    value.extend_from_slice(root);
+    use containerd_shim_protos::protobuf::CodedOutputStream;
+    let mut value = Vec::new();
+    let mut out = CodedOutputStream::vec(&mut value);
+    out.write_bytes(7, root.as_os_str().as_encoded_bytes())
+        .and_then(|()| out.flush())
+        .expect("writing to a Vec does not fail");
+    drop(out);
     let mut any = Any::new();
     any.type_url = "containerd.runc.v1.Options".into();
     any.value = value;
