@@ -313,3 +313,39 @@ fn commit_on_stacks_a_parentless_snapshot() {
     assert_eq!(fs::read_to_string(mnt.join("high")).unwrap(), "2");
     assert!(!mnt.join("low").exists(), "whiteout not applied");
 }
+
+#[test]
+fn a_deferred_remove_shares_its_transaction() {
+    let env = Env::new();
+    let s = &env.snap;
+    s.prepare(NS, "c1", None, Labels::new()).unwrap();
+    // what fails in the same transaction keeps the snapshot
+    let e = s
+        .remove_deferred_with(NS, Some("c1"), |tx| tx.delete_container(NS, "no-such"))
+        .unwrap_err();
+    assert!(
+        matches!(e, SnapshotError::Metadata(MetadataError::NotFound { .. })),
+        "{e}"
+    );
+    assert_eq!(s.stat(NS, "c1").unwrap().key, "c1");
+    // both go together; the key is free at once, the directory left to the trash
+    let before = snapshot_dirs(env.dir.path());
+    assert_eq!(
+        s.remove_deferred_with(NS, Some("c1"), |_| Ok(7)).unwrap(),
+        7
+    );
+    assert!(matches!(
+        s.stat(NS, "c1"),
+        Err(SnapshotError::NotFound { .. })
+    ));
+    assert!(!snapshot_dirs(env.dir.path())
+        .iter()
+        .any(|d| before.contains(d) && !d.starts_with("rm-")));
+    // a snapshot already gone, or none asked for, is no error
+    assert_eq!(
+        s.remove_deferred_with(NS, Some("c1"), |_| Ok(1)).unwrap(),
+        1
+    );
+    assert_eq!(s.remove_deferred_with(NS, None, |_| Ok(2)).unwrap(), 2);
+    assert!(rcd::trash::flush(std::time::Duration::from_secs(10)));
+}

@@ -626,18 +626,19 @@ pub async fn remove(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
     }
     super::sandbox::delete_task(cri, &id).await?;
     let snapshotter = cri.d.snapshotter.clone();
-    let md = cri.d.md.clone();
     let id_ = id.clone();
     blocking(move || {
-        match snapshotter.remove_deferred(NAMESPACE, &id_) {
-            Ok(()) | Err(crate::snapshot::SnapshotError::NotFound { .. }) => {}
-            Err(e) => return Err(snapshot_status(e)),
-        }
-        md.write(|tx| match tx.delete_container(NAMESPACE, &id_) {
-            Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
-            r => r,
-        })
-        .map_err(metadata_status)
+        snapshotter
+            .remove_deferred_with(NAMESPACE, Some(&id_), |tx| {
+                match tx.delete_container(NAMESPACE, &id_) {
+                    Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
+                    r => r,
+                }
+            })
+            .map_err(|e| match e {
+                crate::snapshot::SnapshotError::Metadata(m) => metadata_status(m),
+                e => snapshot_status(e),
+            })
     })
     .await?;
     let _ = std::fs::remove_dir_all(control_dir(cri, &id));

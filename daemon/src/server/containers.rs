@@ -705,19 +705,17 @@ pub(crate) async fn delete_container(
             }));
         }
         let snapshotter = rt.d.snapshotter.clone();
-        let md = rt.d.md.clone();
         let ns_ = ns.clone();
         let keep = req.keep_snapshot;
         let volumes = crate::netmgr::volumes::mounts_of(&c.labels);
         blocking(move || {
-            if let (Some(key), false) = (&c.snapshot_key, keep) {
-                match snapshotter.remove_deferred(&ns_, key) {
-                    Ok(()) | Err(crate::snapshot::SnapshotError::NotFound { .. }) => {}
-                    Err(e) => return Err(snapshot_status(e)),
-                }
-            }
-            md.write(|tx| tx.delete_container(&ns_, &c.id))
-                .map_err(metadata_status)
+            let key = c.snapshot_key.as_deref().filter(|_| !keep);
+            snapshotter
+                .remove_deferred_with(&ns_, key, |tx| tx.delete_container(&ns_, &c.id))
+                .map_err(|e| match e {
+                    crate::snapshot::SnapshotError::Metadata(m) => metadata_status(m),
+                    e => snapshot_status(e),
+                })
         })
         .await?;
         if req.remove_volumes {

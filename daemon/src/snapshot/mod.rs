@@ -464,6 +464,34 @@ impl Snapshotter {
     /// whose bundle went to the trash first (so its overlay is unmounted first).
     pub fn remove_deferred(&self, ns: &str, key: &str) -> Result<()> {
         let id = self.md.write(|tx| remove_record(tx, ns, key))?;
+        self.discard_dir(id)
+    }
+
+    /// As `remove_deferred` of `key` (if given and still there), with `also` in the same
+    /// metadata transaction: a container's record and its snapshot's go in one commit (one
+    /// fsync), or neither does.
+    pub fn remove_deferred_with<T>(
+        &self,
+        ns: &str,
+        key: Option<&str>,
+        also: impl FnOnce(&mut WriteTx<'_>) -> std::result::Result<T, MetadataError>,
+    ) -> Result<T> {
+        let (id, out) = self.md.write(|tx| {
+            let id = match key.map(|k| remove_record(tx, ns, k)) {
+                Some(Ok(id)) => Some(id),
+                None | Some(Err(SnapshotError::NotFound { .. })) => None,
+                Some(Err(e)) => return Err(e),
+            };
+            Ok((id, also(tx)?))
+        })?;
+        if let Some(id) = id {
+            self.discard_dir(id)?;
+        }
+        Ok(out)
+    }
+
+    /// Renames a removed snapshot's directory out of the way and hands it to the trash.
+    fn discard_dir(&self, id: u64) -> Result<()> {
         let dir = self.dir(id);
         let gone = self.snapshots_dir().join(format!("rm-{id}"));
         match std::fs::rename(&dir, &gone) {
