@@ -1111,3 +1111,27 @@ async fn restart_reconnects() -> Result<()> {
     env.finish().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_cut_short_is_finished_by_the_next_manager() -> Result<()> {
+    let mut env = Env::new().await;
+    let (id, _) = env.create(&["true"], IoConfig::default()).await;
+    env.m.start(NS, &id, None).await?;
+    assert_eq!(wait(&env.m, &id).await.status, 0);
+    let bundle = env.state().join("tasks").join(NS).join(&id);
+    // the mark a delete leaves in the bundle before it asks the shim (the bundle stays
+    // until the shim has ended, after the reply); then the daemon ends
+    std::fs::write(bundle.join("deleting"), b"")?;
+    env.m.close().await;
+    let m = std::mem::replace(&mut env.m, TaskManager::new(config(env.dir.path())).await?);
+    drop(m);
+    let found = env.m.reconnect_all().await?;
+    assert!(
+        matches!(&found[..], [Reconnected::Removed { id: i, .. }] if *i == id),
+        "{found:?}"
+    );
+    assert!(env.m.list(None).is_empty());
+    assert!(rtest::poll_until(Duration::from_secs(10), || !bundle.exists()));
+    env.finish().await;
+    Ok(())
+}

@@ -58,6 +58,10 @@ const DEFER_RUNTIME_DELETE: &str = "rshim-defer-runtime-delete";
 /// The runtime's `--root` (`<this>/<namespace>`): under rcd's own state, so two rcds on
 /// one host (tests, benchmarks) never see each other's containers.
 const RUNTIME_DIR: &str = "runtime";
+/// Written into a bundle when its task's delete starts: the bundle stays in place until the
+/// shim has ended (after the reply), and a daemon killed meanwhile must finish the delete
+/// rather than report the task again.
+const DELETING: &str = "deleting";
 /// Where, under rcd's state dir, bundles and scratch dirs wait for the trash worker
 /// (`crate::trash`); emptied at start-up.
 pub fn trash_dir(state_dir: &Path) -> PathBuf {
@@ -973,6 +977,9 @@ impl TaskManager {
         let mut exit = t.exit();
         if !t.dead.load(Ordering::Relaxed) {
             t.deleting.store(true, Ordering::Relaxed);
+            if let Err(e) = std::fs::write(t.bundle.join(DELETING), b"") {
+                warn!(namespace, id, "marking the bundle deleted: {e}");
+            }
             let req = api::DeleteRequest {
                 id: id.to_owned(),
                 ..Default::default()
@@ -995,6 +1002,7 @@ impl TaskManager {
                 Err(TaskError::ShimDied { .. }) => {}
                 Err(e) => {
                     t.deleting.store(false, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(t.bundle.join(DELETING));
                     return Err(e);
                 }
             }
@@ -1296,6 +1304,15 @@ impl TaskManager {
                 .contains(&(namespace.clone(), id.clone()))
         {
             return Ok(None);
+        }
+        if bundle.join(DELETING).exists() {
+            // deleted, its reply given, but rcd ended before the shim had: finish it
+            let binary = TaskRecord::load(bundle)
+                .ok()
+                .flatten()
+                .map_or_else(|| self.inner.cfg.shim_binary.clone(), |r| r.shim_binary);
+            self.discard(&namespace, &id, bundle, &binary).await;
+            return Ok(Some(Reconnected::Removed { namespace, id }));
         }
         let rec = match TaskRecord::load(bundle) {
             Ok(Some(r)) if r.namespace == namespace && r.id == id => r,
