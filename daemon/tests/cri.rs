@@ -410,6 +410,20 @@ impl Env {
 }
 
 impl Env {
+    /// Asserts that [`Env::leftovers`] comes to nothing within 5 s: a deleted task's shim
+    /// ends, and its bundle goes, just after the reply.
+    async fn assert_no_leftovers(&mut self) {
+        let mut left = self.leftovers().await;
+        for _ in 0..50 {
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = self.leftovers().await;
+        }
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     /// What a pod that failed to start could leave behind: sandboxes, network namespaces,
     /// addresses, veths on the test bridge, shims, task bundles, pod dirs, active snapshots
     /// and pod cgroups.
@@ -1279,16 +1293,7 @@ async fn a_pod_whose_pause_fails_leaves_nothing() {
             .await
             .unwrap_err();
         assert!(err.message().contains("the pause task"), "{err:?}");
-        // a deleted task's shim ends just after the reply
-        let mut left = e.leftovers().await;
-        for _ in 0..50 {
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            left = e.leftovers().await;
-        }
-        assert!(left.is_empty(), "{left:?}");
+        e.assert_no_leftovers().await;
     }
     e.finish().await;
 }
@@ -1323,16 +1328,7 @@ async fn a_pod_whose_network_fails_leaves_nothing() {
             err.message().contains("setting up the pod network"),
             "{err:?}"
         );
-        // a deleted task's shim ends just after the reply
-        let mut left = e.leftovers().await;
-        for _ in 0..50 {
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            left = e.leftovers().await;
-        }
-        assert!(left.is_empty(), "{left:?}");
+        e.assert_no_leftovers().await;
     }
     std::fs::write(&conf, &good).unwrap();
     e.rt.status(cri::StatusRequest { verbose: false })

@@ -625,22 +625,7 @@ pub async fn remove(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
         stop(cri, &id, 0).await?;
     }
     super::sandbox::delete_task(cri, &id).await?;
-    let snapshotter = cri.d.snapshotter.clone();
-    let id_ = id.clone();
-    blocking(move || {
-        snapshotter
-            .remove_deferred_with(NAMESPACE, Some(&id_), |tx| {
-                match tx.delete_container(NAMESPACE, &id_) {
-                    Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
-                    r => r,
-                }
-            })
-            .map_err(|e| match e {
-                crate::snapshot::SnapshotError::Metadata(m) => metadata_status(m),
-                e => snapshot_status(e),
-            })
-    })
-    .await?;
+    forget_record(cri, &id).await?;
     let _ = std::fs::remove_dir_all(control_dir(cri, &id));
     cri.store
         .remove_container(&id)
@@ -879,4 +864,25 @@ pub(crate) fn publish(cri: &Cri, id: &str, ty: cri::ContainerEventType) {
         }),
         containers_statuses: vec![to_status(&rec)],
     });
+}
+
+/// Deletes the metadata record of a CRI container or pod sandbox `id` (a gone one is fine)
+/// and its snapshot, in one commit; the snapshot's files go to the trash.
+pub(super) async fn forget_record(cri: &Cri, id: &str) -> Result<(), Status> {
+    let snapshotter = cri.d.snapshotter.clone();
+    let id = id.to_owned();
+    blocking(move || {
+        snapshotter
+            .remove_deferred_with(NAMESPACE, Some(&id), |tx| {
+                match tx.delete_container(NAMESPACE, &id) {
+                    Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
+                    r => r,
+                }
+            })
+            .map_err(|e| match e {
+                crate::snapshot::SnapshotError::Metadata(m) => metadata_status(m),
+                e => snapshot_status(e),
+            })
+    })
+    .await
 }

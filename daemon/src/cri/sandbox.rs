@@ -577,24 +577,8 @@ async fn teardown(cri: &Cri, id: &str, mode: Teardown, tl: &Timeline) -> Result<
             cri.tasks.settled_all(NAMESPACE).await;
             tokio::task::spawn_blocking(move || remove_cgroup(&own)).await
         });
-        let id_ = id.to_owned();
-        let snapshotter = cri.d.snapshotter.clone();
-        let record = crate::server::service::blocking(move || {
-            // a sandbox image's snapshot (the built-in pause has none)
-            snapshotter
-                .remove_deferred_with(NAMESPACE, Some(&id_), |tx| {
-                    match tx.delete_container(NAMESPACE, &id_) {
-                        Err(crate::metadata::MetadataError::NotFound { .. }) => Ok(()),
-                        r => r,
-                    }
-                })
-                .map_err(|e| match e {
-                    crate::snapshot::SnapshotError::Metadata(m) => {
-                        crate::server::service::metadata_status(m)
-                    }
-                    e => crate::server::service::snapshot_status(e),
-                })
-        });
+        // with a sandbox image's snapshot (the built-in pause has none)
+        let record = super::container::forget_record(cri, id);
         let _ = tokio::join!(
             tl.step("pod dir", files),
             tl.step("cgroup", async {
