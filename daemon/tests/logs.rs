@@ -288,6 +288,9 @@ async fn attach_socket_of_a_logged_task_streams_all_its_output() {
         .unwrap();
     let reader = tokio::task::spawn_blocking(move || {
         let (mut out, mut err) = (Vec::new(), Vec::new());
+        // the logger's acknowledgement comes first, before any output
+        let first = read_frame(&mut conn).unwrap().map(|(k, _)| k);
+        assert_eq!(first, Some(rcd_proto::attach::ATTACHED));
         while let Some((kind, data)) = read_frame(&mut conn).unwrap() {
             match kind {
                 STDOUT => out.extend(data),

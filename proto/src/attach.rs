@@ -4,7 +4,8 @@
 //!
 //! A logger listens on `<control dir>/attach.sock` and sends each client what the
 //! container writes from the moment the client connects. Frames both ways are
-//! `[kind u8][len u32 big-endian][len bytes]`: the logger sends [`STDOUT`], [`STDERR`] and,
+//! `[kind u8][len u32 big-endian][len bytes]`: the logger sends [`ATTACHED`] first, then
+//! [`STDOUT`], [`STDERR`] and,
 //! before it closes the connection of a client too slow to take the output, an empty
 //! [`LOST`]; a client sends [`STDIN`] and an empty [`STDIN_END`]. The logger closes every
 //! connection once the container's output has ended (after sending what it had).
@@ -21,6 +22,10 @@ pub const STDIN_END: u8 = 3;
 /// The logger dropped this client for being too slow: output after this point was not
 /// sent (the log file still has it). The connection closes right after.
 pub const LOST: u8 = 4;
+/// The logger's first frame to each client, sent once the client is registered: what the
+/// container writes after it reaches the client. A client that must not miss the first
+/// output (an attached `run`, connected before the start) waits for it.
+pub const ATTACHED: u8 = 5;
 
 /// The socket's name in a logger's control dir.
 pub const SOCKET: &str = "attach.sock";

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 // the wire format is shared with the clients (rnerd): one implementation, in rcd-proto
 pub use rcd_proto::attach::{
-    encode, read_frame, socket_path, LOST, SOCKET, STDERR, STDIN, STDIN_END, STDOUT,
+    encode, read_frame, socket_path, ATTACHED, LOST, SOCKET, STDERR, STDIN, STDIN_END, STDOUT,
 };
 
 /// The stdin FIFO and the stdin-once marker, in a container's control dir.
@@ -115,6 +115,8 @@ impl Hub {
             return;
         };
         let (tx, rx) = sync_channel::<Vec<u8>>(CLIENT_QUEUE);
+        // queued ahead of any output, which the client gets from its registration on
+        let _ = tx.try_send(encode(ATTACHED, b""));
         let me = self.next.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicBool::new(false));
         *self.writers.lock().unwrap() += 1;

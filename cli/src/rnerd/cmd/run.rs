@@ -503,10 +503,23 @@ pub(super) async fn logger_readers(id: &str, socket: &str) -> Result<Readers> {
         );
     }
     let path = std::path::PathBuf::from(socket);
-    let conn = tokio::task::spawn_blocking(move || connect_attach(&path, ATTACH_WAIT))
-        .await
-        .map_err(|e| anyhow!("connecting to the container's logger: {e}"))?
-        .with_context(|| format!("attaching to container {}", names::short_id(id)))?;
+    let conn = tokio::task::spawn_blocking(move || -> Result<_> {
+        let conn = connect_attach(&path, ATTACH_WAIT)?;
+        // the start follows: output sent before the logger registered us would be lost
+        conn.set_read_timeout(Some(ATTACH_WAIT))?;
+        match rcd_proto::attach::read_frame(&mut &conn)? {
+            Some((rcd_proto::attach::ATTACHED, _)) => {}
+            other => bail!(
+                "the container's logger at {} did not acknowledge the attach (got {other:?})",
+                path.display()
+            ),
+        }
+        conn.set_read_timeout(None)?;
+        Ok(conn)
+    })
+    .await
+    .map_err(|e| anyhow!("connecting to the container's logger: {e}"))?
+    .with_context(|| format!("attaching to container {}", names::short_id(id)))?;
     Ok(Readers::attach(conn))
 }
 
