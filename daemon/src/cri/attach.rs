@@ -222,10 +222,12 @@ mod tests {
         out
     }
 
+    /// Connects as a client does, up to the hub's acknowledgement.
     fn connect(dir: &Path) -> UnixStream {
         let (p, _d) = socket_path(dir, SOCKET).unwrap();
-        let c = UnixStream::connect(p).unwrap();
+        let mut c = UnixStream::connect(p).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(read_frame(&mut c).unwrap(), Some((ATTACHED, vec![])));
         c
     }
 
