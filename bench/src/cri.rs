@@ -612,6 +612,8 @@ struct Figures {
     pods_in_a_row_s: f64,
     list_containers_ms: Vec<f64>,
     list_pods_ms: Vec<f64>,
+    /// Version round trips in the same loop: the transport's floor under the lists
+    version_ms: Vec<f64>,
     exec_sync_ms: Vec<f64>,
     daemon_idle_kib: u64,
     daemon_loaded_kib: u64,
@@ -656,6 +658,9 @@ fn loaded(side: &mut Side, a: &CriArgs, f: &mut Figures) -> Result<()> {
         let t = Instant::now();
         side.client.list_pods()?;
         f.list_pods_ms.push(ms(t.elapsed()));
+        let t = Instant::now();
+        side.client.version()?;
+        f.version_ms.push(ms(t.elapsed()));
     }
     let target = &pods[0].1;
     for _ in 0..a.execs {
@@ -858,6 +863,12 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
         3,
     ));
     rows.push((
+        "  Version in the same loop (the gRPC floor), median (ms)".into(),
+        s(&r.version_ms).median,
+        s(&c.version_ms).median,
+        3,
+    ));
+    rows.push((
         format!("ExecSync `true`, median of {} (ms)", a.execs),
         s(&r.exec_sync_ms).median,
         s(&c.exec_sync_ms).median,
@@ -914,6 +925,7 @@ fn report(a: &CriArgs, bin: &Path, r: &Figures, c: &Figures) -> Result<()> {
                 "pods_in_a_row_s": round3(f.pods_in_a_row_s),
                 "list_containers_ms": s(&f.list_containers_ms).to_json(),
                 "list_pod_sandbox_ms": s(&f.list_pods_ms).to_json(),
+                "version_ms": s(&f.version_ms).to_json(),
                 "exec_sync_ms": s(&f.exec_sync_ms).to_json(),
                 "daemon_rss_idle_mib": round3(mib(f.daemon_idle_kib as f64)),
                 "daemon_rss_loaded_mib": round3(mib(f.daemon_loaded_kib as f64)),

@@ -482,7 +482,9 @@ impl Service {
             args.extend(["--console-socket", c]);
         }
         args.push(id);
-        runtime.run(&self.reaper, bundle, &args, child, false)?;
+        let run = runtime.run(&self.reaper, bundle, &args, child, false);
+        held.wait_logger();
+        run?;
         let pid = read_pid(&pid_file);
         let r = pid.and_then(|pid| {
             if let Some(c) = &console {

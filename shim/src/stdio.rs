@@ -33,6 +33,20 @@ pub struct Held {
     pub console: Option<File>,
     /// Set when the tty copier has passed on everything the pty held (it hung up).
     pub tty_done: Option<Arc<AtomicBool>>,
+    /// The read end of a just started logger's ready pipe: [`Held::wait_logger`].
+    pub logger_ready: Option<File>,
+}
+
+impl Held {
+    /// Waits for the logger to be ready (its log open, its attach socket bound): it closes
+    /// its end of the pipe then. The runtime's create runs meanwhile: the process cannot
+    /// write before its start, and what it writes earlier waits in the pipe.
+    pub fn wait_logger(&mut self) {
+        if let Some(mut ready) = self.logger_ready.take() {
+            let mut b = [0u8; 1];
+            let _ = ready.read(&mut b);
+        }
+    }
 }
 
 /// The fds the runtime passes on to the process; dropped once the runtime has run.
@@ -250,7 +264,8 @@ pub fn open(
                  with one URI"
             )));
         }
-        let (out, err) = start_logger(stdout, id, namespace)?;
+        let (out, err, ready) = start_logger(stdout, id, namespace)?;
+        held.logger_ready = Some(ready);
         let child = ForChild {
             stdin: open_input(stdin, false, &mut held)?,
             stdout: Some(out),
@@ -309,8 +324,9 @@ pub fn binary_command(uri: &str) -> Result<(PathBuf, Vec<String>), Error> {
 }
 
 /// containerd's binary logging protocol: the logger gets the process's stdout on fd 3, its
-/// stderr on fd 4 and a pipe on fd 5 it closes once ready; the process gets the write ends.
-fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File), Error> {
+/// stderr on fd 4 and a pipe on fd 5 it closes once ready; the process gets the write ends,
+/// the caller the read end of the ready pipe.
+fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File, File), Error> {
     use std::os::unix::process::CommandExt;
     let (bin, args) = binary_command(uri)?;
     let pipe = || {
@@ -348,10 +364,7 @@ fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File), Er
     // the reaper collects its exit
     drop(child);
     drop((out_r, err_r, ready_w));
-    let mut ready = File::from(ready_r);
-    let mut b = [0u8; 1];
-    let _ = ready.read(&mut b);
-    Ok((File::from(out_w), File::from(err_w)))
+    Ok((File::from(out_w), File::from(err_w), File::from(ready_r)))
 }
 
 /// A listening console socket in a private temp dir (the bundle path may be too long for a
@@ -439,7 +452,10 @@ pub fn start_tty_copy(
     let input = open_input(stdin, true, held)?;
     // a terminal's one stream goes to the logger's stdout; its stderr pipe closes at once
     let output = if stdout.starts_with("binary://") {
-        Some(start_logger(stdout, "", "")?.0)
+        let (out, _, ready) = start_logger(stdout, "", "")?;
+        held.logger_ready = Some(ready);
+        held.wait_logger();
+        Some(out)
     } else {
         open_output(stdout, "stdout", held)?
     };

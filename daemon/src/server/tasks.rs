@@ -194,7 +194,7 @@ impl pb::tasks_server::Tasks for TasksService {
         let req = req.into_inner();
         let tasks = &self.0.tasks;
         let id = req.container_id.as_str();
-        if req.force {
+        if req.force && !tasks.exited(&ns, id) {
             let st = tasks.state(&ns, id, None).await.map_err(task_status)?;
             if st.status != TaskStatus::Stopped {
                 if st.status == TaskStatus::Paused {

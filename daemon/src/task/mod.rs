@@ -21,6 +21,7 @@ mod events;
 mod io;
 mod record;
 mod shim;
+mod spawn;
 pub mod warm;
 
 pub use error::{Result, ShimCode, TaskError};
@@ -962,7 +963,8 @@ impl TaskManager {
 
     async fn delete_detached(&self, namespace: &str, id: &str) -> Result<Exit> {
         let t = self.get(namespace, id)?;
-        if !t.dead.load(Ordering::Relaxed) {
+        // an init whose exit is known is stopped for good: no need to ask the shim
+        if !t.dead.load(Ordering::Relaxed) && t.exit().is_none() {
             let st = self.state(namespace, id, None).await?;
             if matches!(
                 st.status,
@@ -1006,19 +1008,9 @@ impl TaskManager {
                     return Err(e);
                 }
             }
-            let req = api::ShutdownRequest {
-                id: id.to_owned(),
-                ..Default::default()
-            };
-            // the shim exits while answering: a closed connection is success here
-            if let Some(c) = &t.client {
-                let _ = c
-                    .shutdown(ctx(namespace, Some(Duration::from_secs(5))), &req)
-                    .await;
-            }
             t.dead.store(true, Ordering::Relaxed);
-            // The shim ends a few ms after its Shutdown reply (threads, its socket); the
-            // caller need not wait for that, only a new task of the same id does.
+            // The shim's Shutdown and its end (threads, its socket) need not keep the
+            // caller: only a new task of the same id waits for them.
             self.reap_shim(namespace, id, &t);
         } else {
             // a dead shim's cleanup may still be running
@@ -1042,18 +1034,29 @@ impl TaskManager {
         Ok(exit)
     }
 
-    /// Waits in the background for a shut-down shim to end (killing it if it lingers) and
-    /// for its socket to go, then releases the bundle, which the shim may use until it ends
+    /// Shuts a deleted task's shim down in the background and waits for it to end (killing
+    /// it if it lingers) and for its socket to go, then releases the bundle, which the shim may use until it ends
     /// (rshim's deferred runtime delete runs there); until then `create` of the same id
     /// waits.
     fn reap_shim(&self, namespace: &str, id: &str, t: &Task) {
         let (pid, address, bundle) = (t.shim_pid, t.address.clone(), t.bundle.clone());
+        let client = t.client.clone();
         let key = (namespace.to_owned(), id.to_owned());
         let (done, gone) = watch::channel(false);
         self.inner.exiting.lock().unwrap().insert(key.clone(), gone);
         let m = self.clone();
         let (namespace, id) = (namespace.to_owned(), id.to_owned());
         tokio::spawn(async move {
+            // the shim exits while answering: a closed connection is success here
+            if let Some(c) = client {
+                let req = api::ShutdownRequest {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                let _ = c
+                    .shutdown(ctx(&namespace, Some(Duration::from_secs(5))), &req)
+                    .await;
+            }
             if let Some(pid) = pid {
                 if !shim::wait_gone(pid, Duration::from_secs(5)).await {
                     warn!(
@@ -1081,6 +1084,11 @@ impl TaskManager {
             m.inner.exiting.lock().unwrap().remove(&key);
             let _ = done.send(true);
         });
+    }
+
+    /// Whether the init of task `id` is known to have exited (its exit event came).
+    pub fn exited(&self, namespace: &str, id: &str) -> bool {
+        self.get(namespace, id).is_ok_and(|t| t.exit().is_some())
     }
 
     /// Returns once the shim of a deleted task `id` has ended (at once if none is ending):

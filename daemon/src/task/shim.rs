@@ -12,7 +12,6 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::TaskClient;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
@@ -34,39 +33,6 @@ pub(crate) struct ShimEnv {
 }
 
 impl ShimEnv {
-    fn command(
-        &self,
-        namespace: &str,
-        id: &str,
-        bundle: &Path,
-        action: &str,
-    ) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.arg("-namespace")
-            .arg(namespace)
-            .arg("-address")
-            .arg(&self.daemon_address)
-            .arg("-publish-binary")
-            .arg(&self.publish_binary)
-            .arg("-id")
-            .arg(id);
-        if action == "delete" {
-            cmd.arg("-bundle").arg(bundle);
-        }
-        cmd.arg(action)
-            .current_dir(bundle)
-            .env("TTRPC_ADDRESS", &self.ttrpc_address)
-            // Go shims keep fewer threads (containerd sets the same)
-            .env("GOMAXPROCS", "2")
-            // for `rcd publish` run by a shim while rcd is down: where to spool the event
-            .env(super::events::STATE_DIR_ENV, &self.state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
-    }
-
     async fn run_action(
         &self,
         namespace: &str,
@@ -74,14 +40,29 @@ impl ShimEnv {
         bundle: &Path,
         action: &str,
     ) -> std::result::Result<Vec<u8>, String> {
-        let child = self
-            .command(namespace, id, bundle, action)
-            .spawn()
-            .map_err(|e| format!("cannot execute it: {e}"))?;
-        let out = tokio::time::timeout(ACTION_TIMEOUT, child.wait_with_output())
-            .await
-            .map_err(|_| format!("no answer within {} s", ACTION_TIMEOUT.as_secs()))?
-            .map_err(|e| e.to_string())?;
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-namespace".into(),
+            namespace.into(),
+            "-address".into(),
+            self.daemon_address.clone().into(),
+            "-publish-binary".into(),
+            self.publish_binary.clone().into(),
+            "-id".into(),
+            id.into(),
+        ];
+        if action == "delete" {
+            args.extend(["-bundle".into(), bundle.into()]);
+        }
+        args.push(action.into());
+        let env: [(&str, &std::ffi::OsStr); 3] = [
+            ("TTRPC_ADDRESS", self.ttrpc_address.as_os_str()),
+            // Go shims keep fewer threads (containerd sets the same)
+            ("GOMAXPROCS", "2".as_ref()),
+            // for `rcd publish` run by a shim while rcd is down: where to spool the event
+            (super::events::STATE_DIR_ENV, self.state_dir.as_os_str()),
+        ];
+        // the protocol's bundle is the action's working directory
+        let out = super::spawn::run(&self.binary, &args, bundle, &env, ACTION_TIMEOUT).await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stderr = stderr.trim();
@@ -269,7 +250,7 @@ pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
 }
 
 /// `pidfd_open(2)`; `None` on kernels before 5.3 or when `pid` is gone.
-fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain syscall with integer arguments; a non-negative result is a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

@@ -12,6 +12,11 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+/// rcd's refusal of a container create whose image the namespace lacks.
+pub fn is_image_not_found(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::NotFound && s.message().starts_with("image ")
+}
+
 /// A failed call about image `name`: NotFound says what to do.
 pub fn not_found_hint(ctx: &Ctx, s: tonic::Status, name: &str) -> anyhow::Error {
     if s.code() == tonic::Code::NotFound && s.message().contains("image") {

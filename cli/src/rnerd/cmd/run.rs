@@ -285,33 +285,17 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
     }
     let user_labels = crate::cmd::parse_labels(&a.labels)?;
 
-    // the name is unique in the namespace
-    let existing = list(ctx).await?;
-    let name = match &a.name {
-        Some(n) => {
-            if let Some(c) = existing
-                .iter()
-                .find(|c| c.labels.get(labels::NAME) == Some(n))
-            {
-                bail!(
-                    "the name {n:?} is taken by container {}: remove it (`rnerd rm -f {n}`) or choose another",
-                    names::short_id(&c.id)
-                );
-            }
-            n.clone()
-        }
-        None => loop {
-            let n = random_name();
-            if !existing
-                .iter()
-                .any(|c| c.labels.get(labels::NAME) == Some(&n))
-            {
-                break n;
-            }
-        },
+    // rcd's record is the lock on a name (checked in the transaction that writes it) and
+    // create resolves the image: the common case is one call, the rare ones (a name taken,
+    // an image to pull) are handled from its refusal
+    let mut name = a.name.clone().unwrap_or_else(random_name);
+    let mut pulled = false;
+    let image = if a.pull == "always" || a.publish_all {
+        pulled = a.pull == "always";
+        images::ensure(ctx, &a.image, &a.pull).await?
+    } else {
+        a.image.clone()
     };
-
-    let image = images::ensure(ctx, &a.image, &a.pull).await?;
     if a.publish_all {
         ports.extend(exposed_ports(ctx, &image).await?);
     }
@@ -323,7 +307,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         Some(e) => (vec![e.clone()], true),
         None => (vec![], false),
     };
-    let req = pb::CreateContainerRequest {
+    let mut req = pb::CreateContainerRequest {
         id: id.clone(),
         image: image.clone(),
         options: Some(pb::ContainerOptions {
@@ -360,16 +344,34 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         labels,
         runtime: String::new(),
     };
-    ctx.client.containers().create(req).await.map_err(|s| {
-        // another client took the name since the check above: rcd's record is the lock
+    let mut tries = 0;
+    loop {
+        let Err(s) = ctx.client.containers().create(req.clone()).await else {
+            break;
+        };
+        tries += 1;
         if s.code() == tonic::Code::AlreadyExists && s.message().contains("container name") {
-            anyhow::anyhow!(
-                "the name {name:?} is taken: remove it (`rnerd rm -f {name}`) or choose another"
-            )
-        } else {
-            images::not_found_hint(ctx, s, &a.image)
+            if a.name.is_none() && tries < 5 {
+                name = random_name();
+                req.labels.insert(labels::NAME.to_owned(), name.clone());
+                continue;
+            }
+            return Err(name_taken(ctx, &name).await);
         }
-    })?;
+        if images::is_image_not_found(&s) && !pulled {
+            if a.pull == "never" {
+                bail!(
+                    "image {:?} not found and --pull never: pull it (`rnerd pull {}`) or check the name",
+                    a.image,
+                    a.image
+                );
+            }
+            req.image = images::ensure(ctx, &a.image, &a.pull).await?;
+            pulled = true;
+            continue;
+        }
+        return Err(images::not_found_hint(ctx, s, &a.image));
+    }
     if !start {
         println!("{id}");
         return Ok(());
@@ -490,6 +492,23 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
         return Err(Exit(status.min(255) as u8).into());
     }
     Ok(())
+}
+
+/// The refusal of a name another container holds, naming the holder when it is still there.
+async fn name_taken(ctx: &Ctx, name: &str) -> anyhow::Error {
+    let holder = list(ctx).await.ok().and_then(|l| {
+        l.into_iter()
+            .find(|c| c.labels.get(labels::NAME).map(String::as_str) == Some(name))
+    });
+    match holder {
+        Some(c) => anyhow::anyhow!(
+            "the name {name:?} is taken by container {}: remove it (`rnerd rm -f {name}`) or choose another",
+            names::short_id(&c.id)
+        ),
+        None => anyhow::anyhow!(
+            "the name {name:?} is taken: remove it (`rnerd rm -f {name}`) or choose another"
+        ),
+    }
 }
 
 /// The output of a task rcd logs, read from its logger's attach socket (Tasks.Create's
