@@ -385,6 +385,13 @@ pub(crate) async fn pull_and_record(
     // recorded or failed: the lease has done its work either way (what a failed pull
     // fetched is collected, its ingests stay for the next try)
     delete_work_lease(d, ns, lease_id).await;
+    // The pull's buffers (layer streams, decompression state, TLS) are freed by now, but
+    // glibc keeps the freed pages in its arenas: give them back, so that the daemon's RSS
+    // returns to its working set rather than to its last pull's peak.
+    // SAFETY: malloc_trim(3) has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     result
 }
 
