@@ -1113,6 +1113,30 @@ async fn restart_reconnects() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_closed_right_after_a_delete_sees_the_shim_out() -> Result<()> {
+    let mut env = Env::new().await;
+    let (id, _) = env.create(&["true"], IoConfig::default()).await;
+    env.m.start(NS, &id, None).await?;
+    assert_eq!(wait(&env.m, &id).await.status, 0);
+    let shim = env
+        .m
+        .list(Some(NS))
+        .into_iter()
+        .find(|t| t.id == id)
+        .and_then(|t| t.shim_pid)
+        .expect("rshim's pid");
+    let bundle = env.state().join("tasks").join(NS).join(&id);
+    // the shim's Shutdown and end come after the delete's reply; a close at once waits
+    env.m.delete(NS, &id).await?;
+    env.m.close().await;
+    assert!(!alive(shim), "shim {shim} still running after close");
+    assert!(!bundle.exists(), "bundle {} left", bundle.display());
+    env.ids.clear();
+    assert!(rcd::trash::flush(Duration::from_secs(20)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_cut_short_is_finished_by_the_next_manager() -> Result<()> {
     let mut env = Env::new().await;
     let (id, _) = env.create(&["true"], IoConfig::default()).await;

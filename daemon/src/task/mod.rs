@@ -70,6 +70,9 @@ pub fn trash_dir(state_dir: &Path) -> PathBuf {
 }
 const EXIT_STATUS_KILLED: u32 = 128 + 9;
 
+/// How long [`TaskManager::close`] waits for the shims of just deleted tasks to end.
+const CLOSE_SETTLE: Duration = Duration::from_secs(3);
+
 /// Where the manager keeps tasks and how shims reach rcd.
 #[derive(Debug, Clone)]
 pub struct TaskManagerConfig {
@@ -311,6 +314,23 @@ impl TaskManager {
     /// socket (shims retry or spool) and the per-task monitors, forgets the tasks. Shims and
     /// containers keep running; a new manager finds them with [`TaskManager::reconnect_all`].
     pub async fn close(&self) {
+        // A deleted task's shim gets its Shutdown after the delete's reply: a daemon that
+        // stops right then still sees it through (its events still reach the server below),
+        // for a bounded while; what is left over the next daemon finishes (`deleting`).
+        let ending: Vec<_> = self
+            .inner
+            .exiting
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let settled = async {
+            for mut gone in ending {
+                let _ = gone.wait_for(|g| *g).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_SETTLE, settled).await;
         if let Some(mut s) = self.inner.server.lock().await.take() {
             let _ = s.shutdown().await;
         }
