@@ -1351,13 +1351,26 @@ fn restart_policy_survives_an_rcd_restart() {
 #[test]
 fn detached_and_created_rm_are_removed_by_rcd_at_their_exit() {
     let e = env(14);
-    // -d --rm: gone once it exits, with its anonymous volume; no client is waiting
+    // -d --rm: gone once it exits, with its anonymous volume; no client is waiting. It
+    // exits when told (not after a sleep, which a loaded machine can outlast before the
+    // checks below)
     let id = e.ok(&[
-        "run", "-d", "--rm", "--name", "brief", "-v", "/scratch", &e.image, "sleep", "1",
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "brief",
+        "-v",
+        "/scratch",
+        &e.image,
+        "sh",
+        "-c",
+        "until [ -e /scratch/go ]; do sleep 0.05; done",
     ]);
     let id = id.trim().to_owned();
     assert!(e.ok(&["ps", "-q", "--no-trunc"]).contains(&id));
     assert_eq!(e.ok(&["volume", "ls", "-q"]).lines().count(), 1);
+    e.ok(&["exec", "brief", "touch", "/scratch/go"]);
     wait_for("the auto-removal", Duration::from_secs(20), || {
         e.ok(&["ps", "-a", "-q", "--no-trunc"]).trim().is_empty()
     });
