@@ -1057,3 +1057,34 @@ fn gc_never_collects_a_containers_snapshot() {
     let snaps = e.ok(&["snapshots", "ls"]);
     assert_eq!(snaps.lines().count(), 1, "only the header is left: {snaps}");
 }
+
+/// A deleted task's shim is shut down, and its bundle (the rootfs mount in it) released,
+/// after the delete's reply: rcd stopped at once still sees both through.
+#[test]
+fn a_stop_right_after_a_delete_leaves_no_mount_or_shim() {
+    let mut e = env();
+    e.ok(&["run", "--rm", &e.image, "quick", "true"]);
+    e.ok(&["run", "-d", &e.image, "quick2", "true"]);
+    wait_for("quick2's exit", Duration::from_secs(20), || {
+        e.status("quick2").is_some_and(|s| s.contains("STOPPED"))
+    });
+    e.ok(&["tasks", "rm", "quick2"]);
+    let state = e.rcd.state.clone();
+    let st = e.rcd.stop();
+    assert!(st.success(), "rcd stopped with {st}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = info
+        .lines()
+        .filter(|l| l.contains(state.to_str().unwrap()))
+        .collect();
+    assert!(left.is_empty(), "mounts left under the state dir: {left:?}");
+    let address = e.rcd.address.display().to_string();
+    let shims: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("containerd-shim") && c.contains(&address))
+        .collect();
+    assert!(shims.is_empty(), "shims left running: {shims:?}");
+}
