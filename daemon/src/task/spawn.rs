@@ -280,30 +280,22 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
     }
 
+    /// The error of a run expected to fail.
+    async fn run_err(binary: &str, args: &[&str], cwd: &Path, limit: Duration) -> String {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        run(Path::new(binary), &args, cwd, &[], limit)
+            .await
+            .err()
+            .expect("the run fails")
+    }
+
     #[tokio::test]
     async fn a_missing_binary_or_directory_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = run(
-            Path::new("/nonexistent/shim"),
-            &[],
-            dir.path(),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await
-        .err()
-        .unwrap();
+        let limit = Duration::from_secs(10);
+        let e = run_err("/nonexistent/shim", &[], dir.path(), limit).await;
         assert!(e.contains("cannot execute it"), "{e}");
-        let e = run(
-            Path::new("/bin/true"),
-            &[],
-            &dir.path().join("gone"),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await
-        .err()
-        .unwrap();
+        let e = run_err("/bin/true", &[], &dir.path().join("gone"), limit).await;
         assert!(e.contains("cannot execute it"), "{e}");
     }
 
@@ -311,16 +303,13 @@ mod tests {
     async fn an_action_past_its_limit_is_killed() {
         let dir = tempfile::tempdir().unwrap();
         let t = std::time::Instant::now();
-        let e = run(
-            Path::new("/bin/sleep"),
-            &["30".into()],
+        let e = run_err(
+            "/bin/sleep",
+            &["30"],
             dir.path(),
-            &[],
             Duration::from_millis(200),
         )
-        .await
-        .err()
-        .unwrap();
+        .await;
         assert!(e.contains("no answer"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
     }
