@@ -298,6 +298,21 @@ impl Env {
             .unwrap()
     }
 
+    /// PodSandboxStatus's verbose `info` document.
+    async fn pod_status_info(&mut self, id: &str) -> serde_json::Value {
+        let info = self
+            .rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+        serde_json::from_str(&info["info"]).unwrap()
+    }
+
     async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
         self.rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -658,6 +673,30 @@ async fn pod_lifecycle_exec_logs_and_idempotence() {
     let s = e.status(&c).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at > 0);
+    // one shim per pod: the container's init and the pause have the same parent
+    let info =
+        e.rt.container_status(cri::ContainerStatusRequest {
+            container_id: c.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let app_pid = info["pid"].as_u64().unwrap();
+    let pinfo = e.pod_status_info(&pod).await;
+    let pause_pid = pinfo["pid"].as_u64().unwrap();
+    let ppid = |pid: u64| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = st.rsplit_once(')').unwrap().1;
+        rest.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(ppid(app_pid), ppid(pause_pid), "the pod's shim is shared");
 
     // lists: by pod, by label, by state
     let list =

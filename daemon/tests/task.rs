@@ -223,6 +223,7 @@ impl Env {
                     spec: spec(&id, args),
                     rootfs: vec![],
                     io,
+                    shim_group: None,
                 },
             )
             .await
@@ -672,6 +673,7 @@ async fn rootfs_mounts_through_the_shim() {
                 spec: s,
                 rootfs: vec![overlay],
                 io,
+                shim_group: None,
             },
         )
         .await

@@ -438,6 +438,8 @@ pub async fn start(cri: &Arc<Cri>, id: &str) -> Result<(), Status> {
                 spec: mdrec.spec,
                 rootfs: mounts,
                 io,
+                // one shim per pod: the pause's
+                shim_group: Some(rec.sandbox_id.clone()),
             },
         )
         .await

@@ -401,6 +401,7 @@ async fn pause_task(
                 spec: spec_json,
                 rootfs: rootfs_mounts,
                 io: IoConfig::default(),
+                shim_group: None,
             },
         ),
     )

@@ -124,7 +124,16 @@ pub(crate) async fn create_task(
     let spec = crate::netmgr::task::setup(rt, ns, c).await?;
     let created = rt
         .tasks
-        .create(ns, &c.id, CreateOptions { spec, rootfs, io })
+        .create(
+            ns,
+            &c.id,
+            CreateOptions {
+                spec,
+                rootfs,
+                io,
+                shim_group: None,
+            },
+        )
         .await;
     let (pid, _io) = match created {
         Ok(p) => p,

@@ -118,6 +118,9 @@ pub struct CreateOptions {
     /// spec's `root.path` is used as it is (a pre-mounted or plain directory, absolute).
     pub rootfs: Vec<Mount>,
     pub io: IoConfig,
+    /// A live task of the same namespace whose shim this task joins (a pod's sandbox: one
+    /// shim per pod, as containerd's); `None`, or a group without a live shim, starts one.
+    pub shim_group: Option<String>,
 }
 
 /// The status of a process, as the shim reports it.
@@ -503,30 +506,47 @@ impl TaskManager {
             created_at_ms: record::now_ms(),
         };
         rec.save(bundle)?;
-        let log = shim::open_log(bundle, id)?;
         let env = self.env(binary);
-        let address = env.start(namespace, id, bundle).await;
-        let address = match address {
-            Ok(a) => a,
-            Err(e) => {
-                log.abort();
-                return Err(e);
+        let group = opts
+            .shim_group
+            .as_deref()
+            .filter(|g| *g != id)
+            .and_then(|g| self.group_shim(namespace, g));
+        // a shim of its own: started in this bundle, its log FIFO read here
+        let (address, client, shim_pid, log) = match group {
+            // a connection of its own: rshim's ttrpc server gives each connection its own
+            // few worker threads, and every task keeps one of them in a Wait
+            Some((address, pid)) => {
+                let client = shim::connect(id, &address).await?;
+                (address, client, pid, None)
+            }
+            None => {
+                let log = shim::open_log(bundle, id)?;
+                let address = match env.start(namespace, id, bundle).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log.abort();
+                        return Err(e);
+                    }
+                };
+                rec.address = Some(address.clone());
+                rec.save(bundle)?;
+                let client = shim::connect(id, &address).await?;
+                let conn = client
+                    .connect(
+                        ctx(namespace, Some(CALL_TIMEOUT)),
+                        &api::ConnectRequest {
+                            id: id.to_owned(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| shim_error(id, None, "connect", e))?;
+                (address, client, Some(conn.shim_pid), Some(log))
             }
         };
         rec.address = Some(address.clone());
-        rec.save(bundle)?;
-        let client = shim::connect(id, &address).await?;
-        let conn = client
-            .connect(
-                ctx(namespace, Some(CALL_TIMEOUT)),
-                &api::ConnectRequest {
-                    id: id.to_owned(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| shim_error(id, None, "connect", e))?;
-        rec.shim_pid = Some(conn.shim_pid);
+        rec.shim_pid = shim_pid;
         rec.save(bundle)?;
 
         let prepared = io::prepare(id, id, bundle, &opts.io)?;
@@ -543,10 +563,18 @@ impl TaskManager {
             )),
             ..Default::default()
         };
-        let resp = client
+        let resp = match client
             .create(ctx(namespace, Some(CALL_TIMEOUT)), &req)
             .await
-            .map_err(|e| shim_error(id, None, "create", e))?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(l) = &log {
+                    l.abort();
+                }
+                return Err(shim_error(id, None, "create", e));
+            }
+        };
 
         let (exit_tx, _) = watch::channel(None);
         let task = Arc::new(Task {
@@ -556,13 +584,13 @@ impl TaskManager {
             env,
             client: Some(client),
             pid: AtomicU32::new(resp.pid),
-            shim_pid: Some(conn.shim_pid),
+            shim_pid,
             address: Some(address),
             rootfs_mounted: rec.rootfs_mounted,
             dead: AtomicBool::new(false),
             deleting: AtomicBool::new(false),
             exit: exit_tx,
-            log: Mutex::new(Some(log)),
+            log: Mutex::new(log),
             monitor: Mutex::new(None),
             cleanup: tokio::sync::Mutex::new(false),
         });
@@ -581,8 +609,46 @@ impl TaskManager {
             .insert((task.namespace.clone(), task.id.clone()), task);
     }
 
+    /// The shim of live task `group`, for a task that joins it: its address and pid.
+    fn group_shim(&self, namespace: &str, group: &str) -> Option<(String, Option<u32>)> {
+        let tasks = self.inner.tasks.lock().unwrap();
+        let t = tasks.get(&(namespace.to_owned(), group.to_owned()))?;
+        if t.dead.load(Ordering::Relaxed) || t.deleting.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some((t.address.clone()?, t.shim_pid))
+    }
+
+    /// Whether a task other than `id` uses the shim at `address`: one rcd knows, or, while
+    /// a restarted rcd reconnects, one whose bundle names it (a bundle being deleted aside).
+    fn shim_shared(&self, namespace: &str, id: &str, address: &str) -> bool {
+        let known = self.inner.tasks.lock().unwrap().iter().any(|((ns, i), t)| {
+            !(ns == namespace && i == id)
+                && t.address.as_deref() == Some(address)
+                && !t.dead.load(Ordering::Relaxed)
+        });
+        if known {
+            return true;
+        }
+        let dir = self.inner.cfg.state_dir.join(TASKS_DIR).join(namespace);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        rd.flatten().any(|e| {
+            let b = e.path();
+            e.file_name().to_str() != Some(id)
+                && !b.join(DELETING).exists()
+                && TaskRecord::load(&b)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.address)
+                    .as_deref()
+                    == Some(address)
+        })
+    }
+
     /// Undoes a failed create: the shim (if it runs) is shut down, its binary's `delete`
-    /// releases the rest, the bundle goes.
+    /// releases the rest, the bundle goes. A shim other tasks share only forgets this one.
     async fn discard(&self, namespace: &str, id: &str, bundle: &Path, binary: &Path) {
         let env = self.env(binary);
         if let Some(addr) = TaskRecord::load(bundle)
@@ -591,7 +657,21 @@ impl TaskManager {
             .and_then(|r| r.address)
             .or_else(|| record::load_address(bundle))
         {
-            if let Ok(c) = shim::connect(id, &addr).await {
+            let shared = self.shim_shared(namespace, id, &addr);
+            if shared {
+                // the others keep their shim: it only forgets this task, if it had it
+                if let Ok(c) = shim::connect(id, &addr).await {
+                    let _ = c
+                        .delete(
+                            ctx(namespace, Some(Duration::from_secs(5))),
+                            &api::DeleteRequest {
+                                id: id.to_owned(),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                }
+            } else if let Ok(c) = shim::connect(id, &addr).await {
                 let pid = c
                     .connect(
                         ctx(namespace, Some(Duration::from_secs(2))),
@@ -1006,12 +1086,20 @@ impl TaskManager {
                 id: id.to_owned(),
                 ..Default::default()
             };
+            let shared = t
+                .address
+                .as_deref()
+                .is_some_and(|a| self.shim_shared(namespace, id, a));
             match self
                 .call(&t, "delete", None, |c, mut cx| async move {
                     // rshim then runs the runtime's delete after its reply: the id is not
                     // reused before the shim is gone (`reap_shim`), nor is a pod's cgroup
-                    // removed (`settled`). Other shims ignore it.
-                    cx.add(DEFER_RUNTIME_DELETE.into(), "1".into());
+                    // removed (`settled`). Other shims ignore it. A shim that goes on
+                    // serving others does not end: the bundle is released at once, so the
+                    // runtime's delete must be done by the reply.
+                    if !shared {
+                        cx.add(DEFER_RUNTIME_DELETE.into(), "1".into());
+                    }
                     c.delete(cx, &req).await
                 })
                 .await
@@ -1031,7 +1119,7 @@ impl TaskManager {
             t.dead.store(true, Ordering::Relaxed);
             // The shim's Shutdown and its end (threads, its socket) need not keep the
             // caller: only a new task of the same id waits for them.
-            self.reap_shim(namespace, id, &t);
+            self.reap_shim(namespace, id, &t, shared);
         } else {
             // a dead shim's cleanup may still be running
             let _guard = t.cleanup.lock().await;
@@ -1058,8 +1146,14 @@ impl TaskManager {
     /// it if it lingers) and for its socket to go, then releases the bundle, which the shim may use until it ends
     /// (rshim's deferred runtime delete runs there); until then `create` of the same id
     /// waits.
-    fn reap_shim(&self, namespace: &str, id: &str, t: &Task) {
+    fn reap_shim(&self, namespace: &str, id: &str, t: &Task, shared: bool) {
         let (pid, address, bundle) = (t.shim_pid, t.address.clone(), t.bundle.clone());
+        if shared {
+            // the shim goes on serving its other tasks (it ignores a Shutdown then); this
+            // task's runtime delete was done before the reply
+            self.release_bundle(&bundle);
+            return;
+        }
         let client = t.client.clone();
         let key = (namespace.to_owned(), id.to_owned());
         let (done, gone) = watch::channel(false);
