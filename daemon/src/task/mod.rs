@@ -619,16 +619,17 @@ impl TaskManager {
         Some((t.address.clone()?, t.shim_pid))
     }
 
-    /// Whether a task other than `id` uses the shim at `address`: one rcd knows, or, while
-    /// a restarted rcd reconnects, one whose bundle names it (a bundle being deleted aside).
-    fn shim_shared(&self, namespace: &str, id: &str, address: &str) -> bool {
+    /// Whether a task other than `id` uses the shim at `address`: one rcd knows, or (with
+    /// `bundles`, for a restarted rcd that has not reconnected every task yet) one whose
+    /// bundle names it, a bundle being deleted aside.
+    fn shim_shared(&self, namespace: &str, id: &str, address: &str, bundles: bool) -> bool {
         let known = self.inner.tasks.lock().unwrap().iter().any(|((ns, i), t)| {
             !(ns == namespace && i == id)
                 && t.address.as_deref() == Some(address)
                 && !t.dead.load(Ordering::Relaxed)
         });
-        if known {
-            return true;
+        if known || !bundles {
+            return known;
         }
         let dir = self.inner.cfg.state_dir.join(TASKS_DIR).join(namespace);
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -657,7 +658,7 @@ impl TaskManager {
             .and_then(|r| r.address)
             .or_else(|| record::load_address(bundle))
         {
-            let shared = self.shim_shared(namespace, id, &addr);
+            let shared = self.shim_shared(namespace, id, &addr, true);
             if shared {
                 // the others keep their shim: it only forgets this task, if it had it
                 if let Ok(c) = shim::connect(id, &addr).await {
@@ -1089,7 +1090,7 @@ impl TaskManager {
             let shared = t
                 .address
                 .as_deref()
-                .is_some_and(|a| self.shim_shared(namespace, id, a));
+                .is_some_and(|a| self.shim_shared(namespace, id, a, false));
             match self
                 .call(&t, "delete", None, |c, mut cx| async move {
                     // rshim then runs the runtime's delete after its reply: the id is not
