@@ -365,6 +365,9 @@ impl Env {
         for p in pods {
             self.remove_pod(&p.id).await;
         }
+        // nothing of the pods is left: shims (one per pod, ended by its last task's
+        // delete), bundles, netns, addresses, veths, snapshots, cgroups
+        self.assert_no_leftovers().await;
         let left = self
             .rt
             .list_containers(cri::ListContainersRequest { filter: None })

@@ -1118,6 +1118,13 @@ impl TaskManager {
                 }
             }
             t.dead.store(true, Ordering::Relaxed);
+            // Decided again now that this task is out of the shim: of two tasks deleted at
+            // once, the one that finds the other out too ends the shim (deciding before the
+            // Delete, each saw the other and neither did).
+            let shared = t
+                .address
+                .as_deref()
+                .is_some_and(|a| self.shim_shared(namespace, id, a, false));
             // The shim's Shutdown and its end (threads, its socket) need not keep the
             // caller: only a new task of the same id waits for them.
             self.reap_shim(namespace, id, &t, shared);
