@@ -298,22 +298,8 @@ impl Env {
             .unwrap()
     }
 
-    /// PodSandboxStatus's verbose `info` document.
-    async fn pod_status_info(&mut self, id: &str) -> serde_json::Value {
-        let info = self
-            .rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-        serde_json::from_str(&info["info"]).unwrap()
-    }
-
-    async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
+    /// PodSandboxStatus, verbose.
+    async fn pod_status_response(&mut self, id: &str) -> cri::PodSandboxStatusResponse {
         self.rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id.into(),
@@ -322,8 +308,16 @@ impl Env {
             .await
             .unwrap()
             .into_inner()
-            .status
-            .unwrap()
+    }
+
+    /// PodSandboxStatus's verbose `info` document.
+    async fn pod_status_info(&mut self, id: &str) -> serde_json::Value {
+        let info = self.pod_status_response(id).await.info;
+        serde_json::from_str(&info["info"]).unwrap()
+    }
+
+    async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
+        self.pod_status_response(id).await.status.unwrap()
     }
 
     async fn wait_exited(&mut self, id: &str) -> cri::ContainerStatus {

@@ -1151,9 +1151,10 @@ impl TaskManager {
     }
 
     /// Shuts a deleted task's shim down in the background and waits for it to end (killing
-    /// it if it lingers) and for its socket to go, then releases the bundle, which the shim may use until it ends
-    /// (rshim's deferred runtime delete runs there); until then `create` of the same id
-    /// waits.
+    /// it if it lingers) and for its socket to go, then releases the bundle, which the shim
+    /// may use until it ends (rshim's deferred runtime delete runs there); until then
+    /// `create` of the same id waits. A shim still `shared` with other tasks goes on: only
+    /// the bundle is released.
     fn reap_shim(&self, namespace: &str, id: &str, t: &Task, shared: bool) {
         let (pid, address, bundle) = (t.shim_pid, t.address.clone(), t.bundle.clone());
         if shared {

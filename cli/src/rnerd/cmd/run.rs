@@ -359,13 +359,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs, start: bool) -> Result<()> {
             return Err(name_taken(ctx, &name).await);
         }
         if images::is_image_not_found(&s) && !pulled {
-            if a.pull == "never" {
-                bail!(
-                    "image {:?} not found and --pull never: pull it (`rnerd pull {}`) or check the name",
-                    a.image,
-                    a.image
-                );
-            }
+            // pulled as the policy says (`--pull never` ends here, with its message)
             req.image = images::ensure(ctx, &a.image, &a.pull).await?;
             pulled = true;
             continue;
