@@ -1239,15 +1239,7 @@ async fn configured_sandbox_image_is_pulled_and_runs_the_pod() {
             .any(|i| i.repo_tags.iter().any(|t| t == PAUSE)),
         "{images:?}"
     );
-    let st =
-        e.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    let info = e.pod_status_info(&pod).await;
     assert_eq!(info["sandboxImage"], PAUSE);
     let pid = info["pid"].as_u64().unwrap();
     // the pause runs the image's entrypoint on an overlay of the image's layer

@@ -1114,12 +1114,19 @@ async fn restart_reconnects() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manager_closed_right_after_a_delete_sees_the_shim_out() -> Result<()> {
+/// A manager with one task that ran `true` and exited 0: the env, its id and its bundle.
+async fn exited_task() -> Result<(Env, String, PathBuf)> {
     let mut env = Env::new().await;
     let (id, _) = env.create(&["true"], IoConfig::default()).await;
     env.m.start(NS, &id, None).await?;
     assert_eq!(wait(&env.m, &id).await.status, 0);
+    let bundle = env.state().join("tasks").join(NS).join(&id);
+    Ok((env, id, bundle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_closed_right_after_a_delete_sees_the_shim_out() -> Result<()> {
+    let (mut env, id, bundle) = exited_task().await?;
     let shim = env
         .m
         .list(Some(NS))
@@ -1127,7 +1134,6 @@ async fn a_manager_closed_right_after_a_delete_sees_the_shim_out() -> Result<()>
         .find(|t| t.id == id)
         .and_then(|t| t.shim_pid)
         .expect("rshim's pid");
-    let bundle = env.state().join("tasks").join(NS).join(&id);
     // the shim's Shutdown and end come after the delete's reply; a close at once waits
     env.m.delete(NS, &id).await?;
     env.m.close().await;
@@ -1140,11 +1146,7 @@ async fn a_manager_closed_right_after_a_delete_sees_the_shim_out() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_cut_short_is_finished_by_the_next_manager() -> Result<()> {
-    let mut env = Env::new().await;
-    let (id, _) = env.create(&["true"], IoConfig::default()).await;
-    env.m.start(NS, &id, None).await?;
-    assert_eq!(wait(&env.m, &id).await.status, 0);
-    let bundle = env.state().join("tasks").join(NS).join(&id);
+    let (mut env, id, bundle) = exited_task().await?;
     // the mark a delete leaves in the bundle before it asks the shim (the bundle stays
     // until the shim has ended, after the reply); then the daemon ends
     std::fs::write(bundle.join("deleting"), b"")?;

@@ -659,47 +659,45 @@ impl TaskManager {
             .or_else(|| record::load_address(bundle))
         {
             let shared = self.shim_shared(namespace, id, &addr, true);
-            if shared {
-                // the others keep their shim: it only forgets this task, if it had it
-                if let Ok(c) = shim::connect(id, &addr).await {
+            if let Ok(c) = shim::connect(id, &addr).await {
+                if shared {
+                    // the others keep their shim: it only forgets this task, if it had it
+                    let req = api::DeleteRequest {
+                        id: id.to_owned(),
+                        ..Default::default()
+                    };
                     let _ = c
-                        .delete(
-                            ctx(namespace, Some(Duration::from_secs(5))),
-                            &api::DeleteRequest {
+                        .delete(ctx(namespace, Some(Duration::from_secs(5))), &req)
+                        .await;
+                } else {
+                    let pid = c
+                        .connect(
+                            ctx(namespace, Some(Duration::from_secs(2))),
+                            &api::ConnectRequest {
                                 id: id.to_owned(),
                                 ..Default::default()
                             },
                         )
+                        .await
+                        .ok()
+                        .map(|r| r.shim_pid);
+                    let _ = c
+                        .shutdown(
+                            ctx(namespace, Some(Duration::from_secs(2))),
+                            &api::ShutdownRequest {
+                                id: id.to_owned(),
+                                now: true,
+                                ..Default::default()
+                            },
+                        )
                         .await;
-                }
-            } else if let Ok(c) = shim::connect(id, &addr).await {
-                let pid = c
-                    .connect(
-                        ctx(namespace, Some(Duration::from_secs(2))),
-                        &api::ConnectRequest {
-                            id: id.to_owned(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .ok()
-                    .map(|r| r.shim_pid);
-                let _ = c
-                    .shutdown(
-                        ctx(namespace, Some(Duration::from_secs(2))),
-                        &api::ShutdownRequest {
-                            id: id.to_owned(),
-                            now: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                if let Some(pid) = pid {
-                    if !shim::wait_gone(pid, Duration::from_secs(2)).await {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                    if let Some(pid) = pid {
+                        if !shim::wait_gone(pid, Duration::from_secs(2)).await {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
                     }
                 }
             }
