@@ -7,10 +7,6 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=pause/pause.c");
     println!("cargo:rerun-if-env-changed=CC");
-    // rcd's static-pie is linked with packed relative relocations (DT_RELR, glibc >= 2.36,
-    // binutils >= 2.38): its ~40k R_X86_64_RELATIVE entries, 940 KB of .rela.dyn read at every
-    // start and then resident, become a bitmap of a few KB. What they relocate is unchanged.
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let target = out.join("pause");

@@ -222,6 +222,64 @@ fn metadata_survives_reopen_and_orphans_are_removed() {
     assert!(s.stat(NS, "c").unwrap().id > s.stat(NS, "b").unwrap().id);
 }
 
+/// Set in the copy of this test binary that prepares without a flush, then dies.
+const CRASH_ROOT: &str = "RCD_TEST_UNSYNCED_CRASH_ROOT";
+
+#[test]
+fn an_unsynced_prepare_cut_by_a_crash_leaves_a_consistent_store() {
+    if let Ok(root) = std::env::var(CRASH_ROOT) {
+        let s = open(Path::new(&root));
+        s.prepare_unsynced(NS, "unsynced", None, Labels::new())
+            .unwrap();
+        // no destructor, no later durable commit: a daemon killed right after the prepare
+        unsafe { libc::_exit(0) };
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.prepare(NS, "synced", None, Labels::new()).unwrap();
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "an_unsynced_prepare_cut_by_a_crash_leaves_a_consistent_store",
+            "--test-threads=1",
+        ])
+        .env(CRASH_ROOT, dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let s = open(dir.path());
+    s.stat(NS, "synced").unwrap();
+    // the record kept (the commit reached the file) with its directory, or lost with it
+    match s.stat(NS, "unsynced") {
+        Ok(_) => {
+            assert!(s.fs_dir(NS, "unsynced").unwrap().is_dir());
+            assert_eq!(snapshot_dirs(dir.path()).len(), 2);
+        }
+        Err(SnapshotError::NotFound { .. }) => {
+            assert_eq!(
+                snapshot_dirs(dir.path()).len(),
+                1,
+                "an orphan directory kept"
+            );
+            // the key is free again, and its id's directory is new
+            s.prepare(NS, "unsynced", None, Labels::new()).unwrap();
+            assert!(fs::read_dir(s.fs_dir(NS, "unsynced").unwrap())
+                .unwrap()
+                .next()
+                .is_none());
+        }
+        Err(e) => panic!("{e}"),
+    }
+    // a later durable commit makes an unsynced one durable too
+    s.prepare_unsynced(NS, "then", None, Labels::new()).unwrap();
+    s.prepare(NS, "durable", None, Labels::new()).unwrap();
+    drop(s);
+    let s = open(dir.path());
+    s.stat(NS, "then").unwrap();
+}
+
 #[test]
 fn long_chains_mount_up_to_the_page_limit() {
     let env = Env::new();

@@ -110,7 +110,13 @@ impl Runtime {
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
-        cmd.args(args).current_dir(bundle);
+        cmd.args(args);
+        // A shim of its own already runs in the bundle. Setting a working directory makes
+        // std fork the shim instead of using posix_spawn (in a static binary it cannot find
+        // posix_spawn_file_actions_addchdir_np): 0.4 ms more on each runtime command.
+        if std::env::current_dir().ok().as_deref() != Some(bundle) {
+            cmd.current_dir(bundle);
+        }
         let null = || Stdio::null();
         cmd.stdin(stdio.stdin.map(Stdio::from).unwrap_or_else(null));
         if capture {

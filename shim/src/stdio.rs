@@ -327,7 +327,6 @@ pub fn binary_command(uri: &str) -> Result<(PathBuf, Vec<String>), Error> {
 /// stderr on fd 4 and a pipe on fd 5 it closes once ready; the process gets the write ends,
 /// the caller the read end of the ready pipe.
 fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File, File), Error> {
-    use std::os::unix::process::CommandExt;
     let (bin, args) = binary_command(uri)?;
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC)
@@ -336,35 +335,130 @@ fn start_logger(uri: &str, id: &str, namespace: &str) -> Result<(File, File, Fil
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
-    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
-    let mut cmd = std::process::Command::new(&bin);
-    cmd.args(&args)
-        .env_clear()
-        .env("CONTAINER_ID", id)
-        .env("CONTAINER_NAMESPACE", namespace)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0);
-    // SAFETY: only dup2 (async-signal-safe) between fork and exec; dup2 clears CLOEXEC on
-    // the new fds.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
+    let env = [
+        format!("CONTAINER_ID={id}"),
+        format!("CONTAINER_NAMESPACE={namespace}"),
+    ];
+    spawn_logger(&bin, &args, &env, [&out_r, &err_r, &ready_w])
         .map_err(|e| Error::Io(format!("starting the logger {}", bin.display()), e))?;
     // the reaper collects its exit
-    drop(child);
     drop((out_r, err_r, ready_w));
     Ok((File::from(out_w), File::from(err_w), File::from(ready_r)))
+}
+
+/// Starts the logger with `fds` on its fds 3, 4 and 5, 0-2 on /dev/null, only `env` in its
+/// environment, in a process group of its own, every signal at its default and none blocked.
+/// Through posix_spawn: std's `Command` with `pre_exec` forks the shim (0.4 ms here), a
+/// vfork-style spawn does not copy its page tables.
+fn spawn_logger(
+    bin: &Path,
+    args: &[String],
+    env: &[String],
+    fds: [&OwnedFd; 3],
+) -> std::io::Result<libc::pid_t> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an argument holds a nul byte",
+            )
+        })
+    };
+    let prog = cstr(bin.as_os_str().as_bytes())?;
+    let argv_owned = std::iter::once(Ok(prog.clone()))
+        .chain(args.iter().map(|a| cstr(a.as_bytes())))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let env_owned = env
+        .iter()
+        .map(|e| cstr(e.as_bytes()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ptrs = |v: &[CString]| {
+        v.iter()
+            .map(|s| s.as_ptr() as *mut libc::c_char)
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect::<Vec<_>>()
+    };
+    let (argv, envp) = (ptrs(&argv_owned), ptrs(&env_owned));
+    // Above 5 first: a source already on 3-5 would be overwritten by an earlier dup2, or
+    // keep its close-on-exec through a dup2 onto itself.
+    let high = fds
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                .map(|n| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+                .map_err(std::io::Error::from)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        }
+    };
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: file actions and attributes are initialised before use and destroyed on every
+    // path; every pointer given to posix_spawn points into CStrings and vectors that outlive
+    // the call, and argv/envp end with a null pointer.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut fa))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            return Err(e);
+        }
+        let r = (|| {
+            for (fd, flags) in [
+                (0, libc::O_RDONLY),
+                (1, libc::O_WRONLY),
+                (2, libc::O_WRONLY),
+            ] {
+                check(libc::posix_spawn_file_actions_addopen(
+                    &mut fa,
+                    fd,
+                    c"/dev/null".as_ptr(),
+                    flags,
+                    0,
+                ))?;
+            }
+            for (i, fd) in high.iter().enumerate() {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut fa,
+                    fd.as_raw_fd(),
+                    3 + i as i32,
+                ))?;
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGMASK
+                    | libc::POSIX_SPAWN_SETSIGDEF
+                    | libc::POSIX_SPAWN_SETPGROUP) as libc::c_short,
+            ))?;
+            // a bare name is looked up in the shim's PATH, as `Command` did
+            check(libc::posix_spawnp(
+                &mut pid,
+                prog.as_ptr(),
+                &fa,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))
+        })();
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        libc::posix_spawnattr_destroy(&mut attr);
+        r?;
+    }
+    Ok(pid)
 }
 
 /// A listening console socket in a private temp dir (the bundle path may be too long for a

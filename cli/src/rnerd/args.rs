@@ -32,6 +32,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// each subcommand's arguments are built only when it runs: the whole tree costs ~1 ms
+#[command(defer = true)]
 pub enum Command {
     /// Create and run a container
     #[command(after_help = "Examples:
@@ -167,7 +169,8 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
 }
 
-/// `run` and `create`. `-h` is the hostname, as docker's: help is `--help` only.
+// `run` and `create`. `-h` is the hostname, as docker's: help is `--help` only. (A plain
+// comment: a doc comment would become the subcommands' about text, their own being set first.)
 #[derive(Args, Debug, Default)]
 #[command(disable_help_flag = true)]
 pub struct RunArgs {
@@ -442,6 +445,7 @@ pub struct ImagesArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum ImageCommand {
     /// List images
     #[command(alias = "list")]
@@ -547,6 +551,7 @@ pub struct RmiArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum NetworkCommand {
     /// Create a bridge network with its own subnet
     #[command(after_help = "Examples:
@@ -593,6 +598,7 @@ pub enum NetworkCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum VolumeCommand {
     /// Create a volume (default name: random)
     Create {
@@ -638,6 +644,7 @@ pub enum VolumeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum SystemCommand {
     /// Disk usage of images, containers and volumes
     Df,
@@ -664,6 +671,7 @@ pub enum SystemCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum ContainerCommand {
     /// List containers
     #[command(alias = "list", alias = "ps")]

@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
         }
     };
     if let Command::Completion { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "rnerd", &mut std::io::stdout());
+        crate::print_completions(shell, Cli::command(), "rnerd");
         return ExitCode::SUCCESS;
     }
     if let Command::Compose(a) = &cli.command {
@@ -176,7 +176,7 @@ pub fn separate_command(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         false
     };
     let mut i = 1;
-    let mut sub: Option<&clap::Command> = None;
+    let mut sub: Option<clap::Command> = None;
     while i < argv.len() {
         let Some(tok) = argv[i].to_str().map(str::to_owned) else {
             i += 1;
@@ -186,7 +186,7 @@ pub fn separate_command(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
             return argv;
         }
         if tok.starts_with('-') && tok.len() > 1 {
-            let c = sub.unwrap_or(&cmd);
+            let c = sub.as_ref().unwrap_or(&cmd);
             if tok.starts_with("--") {
                 if !tok.contains('=') && takes_value(c, &tok) {
                     i += 1;
@@ -207,7 +207,13 @@ pub fn separate_command(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         }
         match sub {
             None => match tok.as_str() {
-                "run" | "create" | "exec" => sub = cmd.find_subcommand(&tok),
+                "run" | "create" | "exec" => {
+                    // its arguments exist once it is built (`defer`)
+                    sub = cmd.find_subcommand(&tok).cloned().map(|mut c| {
+                        c.build();
+                        c
+                    })
+                }
                 _ => return argv,
             },
             Some(_) => {

@@ -300,7 +300,7 @@ pub async fn create(cri: &Arc<Cri>, req: cri::CreateContainerRequest) -> Result<
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Status::internal(format!("creating {}: {e}", scratch.display())))?;
         let mounts = snapshotter
-            .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
+            .prepare_unsynced(NAMESPACE, &id_, Some(&top), Labels::new())
             .map_err(snapshot_status);
         let mounts = match mounts {
             Ok(m) => m,

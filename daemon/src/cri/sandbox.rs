@@ -361,7 +361,7 @@ async fn pause_task(
                         Status::internal(format!("creating {}: {e}", scratch.display()))
                     })?;
                     let mounts = snapshotter
-                        .prepare(NAMESPACE, &id_, Some(&top), Labels::new())
+                        .prepare_unsynced(NAMESPACE, &id_, Some(&top), Labels::new())
                         .map_err(crate::server::service::snapshot_status)?;
                     let made = crate::server::containers::generate_spec(
                         &img_cfg, &sreq, &mounts, &scratch,

@@ -396,6 +396,29 @@ impl Metadata {
         Ok(out)
     }
 
+    /// As [`write`](Self::write), but the commit is not flushed to disk: it is visible at
+    /// once and becomes durable with the next durable commit. For a step whose caller
+    /// commits durably right after, so that the two cost one flush; a crash in between
+    /// loses this commit, which the caller must be able to take.
+    pub fn write_unsynced<T, E>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<MetadataError>,
+    {
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(self.err("beginning a write transaction"))?;
+        tx.set_durability(redb::Durability::None);
+        let mut wtx = WriteTx { tx: &tx, md: self };
+        let out = f(&mut wtx)?;
+        tx.commit()
+            .map_err(self.err("committing a write transaction"))?;
+        Ok(out)
+    }
+
     /// Runs `f` on one consistent read snapshot.
     pub fn read<T, E>(&self, f: impl FnOnce(&ReadTx<'_>) -> Result<T, E>) -> Result<T, E>
     where

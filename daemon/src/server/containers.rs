@@ -523,7 +523,7 @@ impl pb::containers_server::Containers for ContainersService {
             })?;
             let made = (|| {
                 let mounts = snapshotter
-                    .prepare(&ns_, &id, Some(&top), Labels::new())
+                    .prepare_unsynced(&ns_, &id, Some(&top), Labels::new())
                     .map_err(|e| match e {
                         crate::snapshot::SnapshotError::AlreadyExists { .. } => {
                             Status::already_exists(format!(

@@ -233,6 +233,21 @@ impl Snapshotter {
         self.create(ns, key, parent, labels, SnapshotKind::Active)
     }
 
+    /// As [`prepare`](Self::prepare), its record committed without a flush to disk
+    /// ([`Metadata::write_unsynced`]): for a container create, whose container record is
+    /// committed durably right after and makes this one durable too. A crash in between
+    /// loses the record and leaves its directory, which the next snapshot given the same id
+    /// (the id counter was not persisted either) removes before use.
+    pub fn prepare_unsynced(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        self.create_with(ns, key, parent, labels, SnapshotKind::Active, false)
+    }
+
     /// A new read-only snapshot `key` of the committed `parent` (or empty); returns its mounts.
     pub fn view(
         &self,
@@ -252,7 +267,19 @@ impl Snapshotter {
         labels: Labels,
         kind: SnapshotKind,
     ) -> Result<Vec<Mount>> {
-        let rec = self.md.write(|tx| -> Result<_> {
+        self.create_with(ns, key, parent, labels, kind, true)
+    }
+
+    fn create_with(
+        &self,
+        ns: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+        kind: SnapshotKind,
+        durable: bool,
+    ) -> Result<Vec<Mount>> {
+        let body = |tx: &mut WriteTx<'_>| -> Result<_> {
             if tx.snapshot(ns, key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists {
                     namespace: ns.to_owned(),
@@ -302,7 +329,12 @@ impl Snapshotter {
                 return Err(e);
             }
             Ok((rec, mounts))
-        })?;
+        };
+        let rec = if durable {
+            self.md.write(body)
+        } else {
+            self.md.write_unsynced(body)
+        }?;
         debug!(ns, key, id = rec.0.id, ?parent, %kind, "created snapshot");
         Ok(rec.1)
     }

@@ -3,10 +3,11 @@
 //! Every task (the init process of one container, plus its execs) runs under its own shim
 //! process, spoken to over ttrpc with containerd's shim v2 Task API (task v2, the one
 //! containerd 1.6 speaks). The shim binary is a parameter: Debian's
-//! `containerd-shim-runc-v2` (with runc) now, `rshim` (`containerd-shim-runr-v2`) later.
+//! `containerd-shim-runc-v2` (with runc), or rshim (`containerd-shim-runr-v2`).
 //!
 //! - [`TaskManager::create`] lays out the bundle (`<state>/tasks/<ns>/<id>/`), runs the
-//!   shim's `start` action there, connects, and calls `Create`; every other call maps to
+//!   shim's `start` action there (rshim: rcd binds the shim's socket and starts the serving
+//!   copy itself, see [`shim::ShimEnv::serve`]), connects, and calls `Create`; every other call maps to
 //!   one Task API call. A monitor per task waits on the init (the shim's `Wait`) and notices
 //!   a shim that dies: then the shim binary's `delete` action releases what the shim held
 //!   (runc's `delete --force`, rootfs mounts) and the task is reported stopped (137).
@@ -522,27 +523,41 @@ impl TaskManager {
             }
             None => {
                 let log = shim::open_log(bundle, id)?;
-                let address = match env.start(namespace, id, bundle).await {
+                // rshim serves as rcd's child, its pid known; another shim runs `start`
+                let started = if env.is_rshim() {
+                    env.serve(namespace, id, bundle)
+                        .await
+                        .map(|(a, pid)| (a, Some(pid)))
+                } else {
+                    env.start(namespace, id, bundle).await.map(|a| (a, None))
+                };
+                let (address, pid) = match started {
                     Ok(a) => a,
                     Err(e) => {
                         log.abort();
                         return Err(e);
                     }
                 };
-                rec.address = Some(address.clone());
-                rec.save(bundle)?;
                 let client = shim::connect(id, &address).await?;
-                let conn = client
-                    .connect(
-                        ctx(namespace, Some(CALL_TIMEOUT)),
-                        &api::ConnectRequest {
-                            id: id.to_owned(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| shim_error(id, None, "connect", e))?;
-                (address, client, Some(conn.shim_pid), Some(log))
+                let pid = match pid {
+                    Some(pid) => pid,
+                    None => {
+                        rec.address = Some(address.clone());
+                        rec.save(bundle)?;
+                        client
+                            .connect(
+                                ctx(namespace, Some(CALL_TIMEOUT)),
+                                &api::ConnectRequest {
+                                    id: id.to_owned(),
+                                    ..Default::default()
+                                },
+                            )
+                            .await
+                            .map_err(|e| shim_error(id, None, "connect", e))?
+                            .shim_pid
+                    }
+                };
+                (address, client, Some(pid), Some(log))
             }
         };
         rec.address = Some(address.clone());

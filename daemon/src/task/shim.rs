@@ -17,6 +17,17 @@ use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+/// rshim's binary name, as containerd finds it for runtime `io.containerd.runr.v2`.
+pub(crate) const RSHIM: &str = "containerd-shim-runr-v2";
+
+/// containerd 1.6's shim socket, which rshim's `start` uses too:
+/// `/run/containerd/s/<sha256(address/namespace/id)>`.
+fn socket_path(address: &str, namespace: &str, id: &str) -> PathBuf {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("{address}/{namespace}/{id}").as_bytes());
+    Path::new("/run/containerd/s").join(hex::encode(d))
+}
+
 /// How long a shim's `start` or `delete` action may take.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls that answer at once in a healthy shim; `Wait` has no limit.
@@ -40,29 +51,14 @@ impl ShimEnv {
         bundle: &Path,
         action: &str,
     ) -> std::result::Result<Vec<u8>, String> {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "-namespace".into(),
-            namespace.into(),
-            "-address".into(),
-            self.daemon_address.clone().into(),
-            "-publish-binary".into(),
-            self.publish_binary.clone().into(),
-            "-id".into(),
-            id.into(),
-        ];
+        let mut args = self.args(namespace, id);
         if action == "delete" {
             args.extend(["-bundle".into(), bundle.into()]);
         }
         args.push(action.into());
-        let env: [(&str, &std::ffi::OsStr); 3] = [
-            ("TTRPC_ADDRESS", self.ttrpc_address.as_os_str()),
-            // Go shims keep fewer threads (containerd sets the same)
-            ("GOMAXPROCS", "2".as_ref()),
-            // for `rcd publish` run by a shim while rcd is down: where to spool the event
-            (super::events::STATE_DIR_ENV, self.state_dir.as_os_str()),
-        ];
         // the protocol's bundle is the action's working directory
-        let out = super::spawn::run(&self.binary, &args, bundle, &env, ACTION_TIMEOUT).await?;
+        let out =
+            super::spawn::run(&self.binary, &args, bundle, &self.env(), ACTION_TIMEOUT).await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stderr = stderr.trim();
@@ -77,6 +73,76 @@ impl ShimEnv {
             ));
         }
         Ok(out.stdout)
+    }
+
+    /// The arguments every action and the serving copy get.
+    fn args(&self, namespace: &str, id: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "-namespace".into(),
+            namespace.into(),
+            "-address".into(),
+            self.daemon_address.clone().into(),
+            "-publish-binary".into(),
+            self.publish_binary.clone().into(),
+            "-id".into(),
+            id.into(),
+        ]
+    }
+
+    /// Whether the shim is rshim, which rcd can start serving itself (`serve`).
+    pub fn is_rshim(&self) -> bool {
+        self.binary.file_name() == Some(std::ffi::OsStr::new(RSHIM))
+    }
+
+    /// Starts rshim's serving copy as rcd's own child, as rshim's `start` would (same socket,
+    /// same arguments, same `address` file), without running `start`: rcd binds the socket
+    /// and hands it over, so the address is known at once and a call made right away waits
+    /// in the socket's backlog until the shim takes it. Returns the address and the shim's
+    /// pid.
+    pub async fn serve(&self, namespace: &str, id: &str, bundle: &Path) -> Result<(String, u32)> {
+        let err = |message: String| TaskError::ShimStart {
+            id: id.to_owned(),
+            binary: self.binary.clone(),
+            message,
+        };
+        let sock = socket_path(&self.daemon_address, namespace, id);
+        let address = format!("unix://{}", sock.display());
+        match std::fs::remove_file(&sock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(format!("removing {}: {e}", sock.display()))),
+        }
+        let dir = sock.parent().expect("a socket path has a parent");
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| err(format!("listening on {}: {e}", sock.display())))?;
+        // above fd 3, where the child wants it (close-on-exec, as std made the listener)
+        let listener = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
+        )
+        .map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .map_err(|e| err(format!("duplicating the listener: {e}")))?;
+        let args = self.args(namespace, id);
+        let pid = super::spawn::daemon(&self.binary, &args, bundle, &self.env(), &listener)
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&sock);
+                err(format!("cannot execute it: {e}"))
+            })?;
+        std::fs::write(bundle.join("address"), &address)
+            .map_err(|e| err(format!("writing {}: {e}", bundle.join("address").display())))?;
+        Ok((address, pid as u32))
+    }
+
+    fn env(&self) -> [(&str, &std::ffi::OsStr); 3] {
+        [
+            ("TTRPC_ADDRESS", self.ttrpc_address.as_os_str()),
+            // Go shims keep fewer threads (containerd sets the same)
+            ("GOMAXPROCS", "2".as_ref()),
+            // for `rcd publish` run by a shim while rcd is down: where to spool the event
+            (super::events::STATE_DIR_ENV, self.state_dir.as_os_str()),
+        ]
     }
 
     /// Runs `start` and returns the shim's ttrpc address.

@@ -1,4 +1,5 @@
-//! Runs a shim action (`start`, `delete`) in the bundle dir through `posix_spawn`.
+//! Runs a shim action (`start`, `delete`) in the bundle dir through `posix_spawn`, or starts
+//! rshim's serving copy directly (`daemon`).
 //!
 //! The shim v2 protocol gives the bundle as the action's working directory. `std`'s
 //! `Command::current_dir` makes `std` fall back from `posix_spawn` to `fork` in a static glibc
@@ -54,14 +55,23 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Starts `binary args…` in `cwd` with rcd's environment plus `env`, stdin on /dev/null,
-/// stdout and stderr on pipes, every signal at its default and none blocked.
+/// What the child's fds 0-3 are.
+enum ChildIo<'a> {
+    /// stdin on /dev/null, stdout and stderr on these pipes' write ends.
+    Pipes { out: &'a OwnedFd, err: &'a OwnedFd },
+    /// 0-2 on /dev/null, this listening socket on fd 3, in a session of its own.
+    Daemon { listener: &'a OwnedFd },
+}
+
+/// Starts `binary args…` in `cwd` with rcd's environment plus `env`, its fds as `io` says,
+/// every signal at its default and none blocked.
 fn spawn(
     binary: &Path,
     args: &[OsString],
     cwd: &Path,
     env: &[(&str, &OsStr)],
-) -> io::Result<(libc::pid_t, OwnedFd, OwnedFd)> {
+    io: ChildIo<'_>,
+) -> io::Result<libc::pid_t> {
     let prog = cstring(binary.as_os_str())?;
     let argv_owned = std::iter::once(Ok(prog.clone()))
         .chain(args.iter().map(|a| cstring(a)))
@@ -87,8 +97,6 @@ fn spawn(
     };
     let (argv, envp) = (ptrs(&argv_owned), ptrs(&env_owned));
     let cwd = cstring(cwd.as_os_str())?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
     let mut pid: libc::pid_t = 0;
     // SAFETY: the file actions and attributes are initialised before use and destroyed on
     // every path; every pointer handed to posix_spawn (program, argv, envp, cwd, /dev/null)
@@ -108,24 +116,38 @@ fn spawn(
             return Err(e);
         }
         let r = (|| {
-            check(
-                libc::posix_spawn_file_actions_addopen(
-                    &mut fa,
-                    0,
-                    c"/dev/null".as_ptr(),
-                    libc::O_RDONLY,
-                    0,
-                ),
-                "stdin on /dev/null",
-            )?;
-            check(
-                libc::posix_spawn_file_actions_adddup2(&mut fa, out_w.as_raw_fd(), 1),
-                "stdout pipe",
-            )?;
-            check(
-                libc::posix_spawn_file_actions_adddup2(&mut fa, err_w.as_raw_fd(), 2),
-                "stderr pipe",
-            )?;
+            let null = |fa: &mut libc::posix_spawn_file_actions_t, fd, flags, what| {
+                check(
+                    libc::posix_spawn_file_actions_addopen(fa, fd, c"/dev/null".as_ptr(), flags, 0),
+                    what,
+                )
+            };
+            null(&mut fa, 0, libc::O_RDONLY, "stdin on /dev/null")?;
+            let mut flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            match io {
+                ChildIo::Pipes { out, err } => {
+                    check(
+                        libc::posix_spawn_file_actions_adddup2(&mut fa, out.as_raw_fd(), 1),
+                        "stdout pipe",
+                    )?;
+                    check(
+                        libc::posix_spawn_file_actions_adddup2(&mut fa, err.as_raw_fd(), 2),
+                        "stderr pipe",
+                    )?;
+                }
+                ChildIo::Daemon { listener } => {
+                    null(&mut fa, 1, libc::O_WRONLY, "stdout on /dev/null")?;
+                    null(&mut fa, 2, libc::O_WRONLY, "stderr on /dev/null")?;
+                    // the caller keeps the listener above 3: a dup2 onto itself would leave
+                    // it close-on-exec
+                    check(
+                        libc::posix_spawn_file_actions_adddup2(&mut fa, listener.as_raw_fd(), 3),
+                        "listener on fd 3",
+                    )?;
+                    // rcd's signals (a ^C at its terminal) and its end are not the shim's
+                    flags |= libc::POSIX_SPAWN_SETSID as libc::c_int;
+                }
+            }
             check(
                 libc::posix_spawn_file_actions_addchdir_np(&mut fa, cwd.as_ptr()),
                 "working directory",
@@ -144,10 +166,7 @@ fn spawn(
                 "default signals",
             )?;
             check(
-                libc::posix_spawnattr_setflags(
-                    &mut attr,
-                    (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
-                ),
+                libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short),
                 "spawn flags",
             )?;
             // a bare name is looked up in rcd's PATH, as `Command` does
@@ -167,8 +186,7 @@ fn spawn(
         libc::posix_spawnattr_destroy(&mut attr);
         r?;
     }
-    drop((out_w, err_w));
-    Ok((pid, out_r, err_r))
+    Ok(pid)
 }
 
 /// Reaps `pid`, waiting for its exit without holding a runtime thread when a pidfd is
@@ -235,8 +253,14 @@ pub(crate) async fn run(
     env: &[(&str, &OsStr)],
     limit: Duration,
 ) -> Result<Output, String> {
-    let (pid, out, err) =
-        spawn(binary, args, cwd, env).map_err(|e| format!("cannot execute it: {e}"))?;
+    let (out, out_w) = pipe().map_err(|e| format!("cannot make its stdout pipe: {e}"))?;
+    let (err, err_w) = pipe().map_err(|e| format!("cannot make its stderr pipe: {e}"))?;
+    let io = ChildIo::Pipes {
+        out: &out_w,
+        err: &err_w,
+    };
+    let pid = spawn(binary, args, cwd, env, io).map_err(|e| format!("cannot execute it: {e}"))?;
+    drop((out_w, err_w));
     let mut running = Running(Some(pid));
     let all = async {
         let (stdout, stderr, status) = tokio::join!(read_all(out), read_all(err), reap(pid));
@@ -253,6 +277,43 @@ pub(crate) async fn run(
         }
         Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
     }
+}
+
+/// Starts a long-running child (rshim's serving copy) serving on `listener`, in a session of
+/// its own, and reaps it in the background whenever it ends. Returns its pid.
+///
+/// A child of rcd rather than of a `start` action that forks it and exits: the action's own
+/// exec, start-up and fork, and the round trip to learn the address, are off every task
+/// create. A shim outlives rcd all the same: rcd's exit only reparents it.
+pub(crate) fn daemon(
+    binary: &Path,
+    args: &[OsString],
+    cwd: &Path,
+    env: &[(&str, &OsStr)],
+    listener: &OwnedFd,
+) -> io::Result<libc::pid_t> {
+    let pid = spawn(binary, args, cwd, env, ChildIo::Daemon { listener })?;
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                if let Err(e) = reap(pid).await {
+                    tracing::warn!(pid, "reaping a shim: {e}");
+                }
+            });
+        }
+        // no runtime to wait in: a thread (tests and tools outside rcd)
+        Err(_) => {
+            std::thread::spawn(move || {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a status we own.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+                {
+                }
+            });
+        }
+    }
+    Ok(pid)
 }
 
 #[cfg(test)]
@@ -297,6 +358,44 @@ mod tests {
         assert!(e.contains("cannot execute it"), "{e}");
         let e = run_err("/bin/true", &[], &dir.path().join("gone"), limit).await;
         assert!(e.contains("cannot execute it"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_gets_the_listener_on_fd_3_its_own_session_and_is_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let listener = OwnedFd::from(listener);
+        let report = dir.path().join("report");
+        let script = format!(
+            "{{ readlink /proc/self/fd/0; stat -L -c %F /proc/self/fd/3; \
+             cut -d' ' -f6 /proc/self/stat; echo $$; pwd; }} > {}",
+            report.display()
+        );
+        let pid = daemon(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            dir.path(),
+            &[],
+            &listener,
+        )
+        .unwrap();
+        // reaped by rcd, its parent: gone from /proc, not left a zombie
+        let gone = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let t = std::time::Instant::now();
+        while gone.exists() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{pid} not reaped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&report).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "/dev/null");
+        assert_eq!(lines[1], "socket");
+        // the session id is its own pid
+        assert_eq!(lines[2], lines[3], "{text}");
+        assert_eq!(
+            lines[4],
+            dir.path().canonicalize().unwrap().display().to_string()
+        );
     }
 
     #[tokio::test]
