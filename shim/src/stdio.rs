@@ -387,6 +387,7 @@ fn spawn_logger(
         .iter()
         .map(|fd| {
             nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
                 .map(|n| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
                 .map_err(std::io::Error::from)
         })

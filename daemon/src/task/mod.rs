@@ -7,8 +7,8 @@
 //!
 //! - [`TaskManager::create`] lays out the bundle (`<state>/tasks/<ns>/<id>/`), runs the
 //!   shim's `start` action there (rshim: rcd binds the shim's socket and starts the serving
-//!   copy itself, see [`shim::ShimEnv::serve`]), connects, and calls `Create`; every other call maps to
-//!   one Task API call. A monitor per task waits on the init (the shim's `Wait`) and notices
+//!   copy itself, see [`shim::ShimEnv::serve`]), connects, and calls `Create`; every other
+//!   call maps to one Task API call. A monitor per task waits on the init (the shim's `Wait`) and notices
 //!   a shim that dies: then the shim binary's `delete` action releases what the shim held
 //!   (runc's `delete --force`, rootfs mounts) and the task is reported stopped (137).
 //! - State on disk ([`record`]) lets a new rcd [`TaskManager::reconnect_all`] to every shim

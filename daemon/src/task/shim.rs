@@ -122,6 +122,7 @@ impl ShimEnv {
             std::os::fd::AsRawFd::as_raw_fd(&listener),
             nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
         )
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
         .map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
         .map_err(|e| err(format!("duplicating the listener: {e}")))?;
         let args = self.args(namespace, id);

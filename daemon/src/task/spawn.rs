@@ -280,7 +280,7 @@ pub(crate) async fn run(
 }
 
 /// Starts a long-running child (rshim's serving copy) serving on `listener`, in a session of
-/// its own, and reaps it in the background whenever it ends. Returns its pid.
+/// its own, and reaps it on rcd's runtime whenever it ends. Returns its pid.
 ///
 /// A child of rcd rather than of a `start` action that forks it and exits: the action's own
 /// exec, start-up and fork, and the round trip to learn the address, are off every task
@@ -293,26 +293,11 @@ pub(crate) fn daemon(
     listener: &OwnedFd,
 ) -> io::Result<libc::pid_t> {
     let pid = spawn(binary, args, cwd, env, ChildIo::Daemon { listener })?;
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(async move {
-                if let Err(e) = reap(pid).await {
-                    tracing::warn!(pid, "reaping a shim: {e}");
-                }
-            });
+    tokio::spawn(async move {
+        if let Err(e) = reap(pid).await {
+            tracing::warn!(pid, "reaping a shim: {e}");
         }
-        // no runtime to wait in: a thread (tests and tools outside rcd)
-        Err(_) => {
-            std::thread::spawn(move || {
-                let mut status = 0;
-                // SAFETY: waitpid on our own child with a status we own.
-                while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-                {
-                }
-            });
-        }
-    }
+    });
     Ok(pid)
 }
 
