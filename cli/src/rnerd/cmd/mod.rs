@@ -114,6 +114,21 @@ pub async fn resolve(ctx: &Ctx, what: &str) -> Result<pb::Container> {
     get(ctx, &id).await
 }
 
+/// The container with its spec, or None when it is gone: a listing races with removals
+/// (`--rm` containers, restart-policy cleanups) that rcd makes on its own.
+pub async fn try_get(ctx: &Ctx, id: &str) -> Result<Option<pb::Container>> {
+    match ctx
+        .client
+        .containers()
+        .get(pb::GetContainerRequest { id: id.to_owned() })
+        .await
+    {
+        Ok(r) => Ok(Some(r.into_inner().container.unwrap_or_default())),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(ctx.st()(s)),
+    }
+}
+
 pub async fn get(ctx: &Ctx, id: &str) -> Result<pb::Container> {
     Ok(ctx
         .client

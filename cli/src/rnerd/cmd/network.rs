@@ -550,7 +550,8 @@ pub async fn container_prune(ctx: &Ctx, force: bool) -> Result<()> {
             continue;
         }
         super::delete_task(ctx, &c.id, true).await?;
-        ctx.client
+        match ctx
+            .client
             .containers()
             .delete(pb::DeleteContainerRequest {
                 id: c.id.clone(),
@@ -558,8 +559,12 @@ pub async fn container_prune(ctx: &Ctx, force: bool) -> Result<()> {
                 remove_volumes: false,
             })
             .await
-            .map_err(ctx.st())?;
-        removed.push(c.id);
+        {
+            Ok(_) => removed.push(c.id),
+            // rcd removed it itself since the listing (--rm)
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(ctx.st()(s)),
+        }
     }
     if !removed.is_empty() {
         println!("Deleted Containers:");

@@ -7,7 +7,7 @@ use super::super::template::{render, Format};
 use super::super::Ctx;
 use super::container::ports_column;
 use super::images::{short_repo, split_name};
-use super::{get, human_duration, list, since, state_of, status_text, State};
+use super::{human_duration, list, since, state_of, status_text, try_get, State};
 use crate::format::table;
 use anyhow::{bail, Result};
 use rcd_proto::v1 as pb;
@@ -116,6 +116,15 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> Result<()> {
         if a.latest && shown == 1 {
             break;
         }
+        // fetched before the row is counted, so a container removed since the listing
+        // neither fails the command nor takes --latest's one row
+        let Some(c) = (if a.quiet {
+            Some(c)
+        } else {
+            try_get(ctx, &c.id).await?
+        }) else {
+            continue;
+        };
         shown += 1;
         let id = if a.no_trunc {
             c.id.clone()
@@ -126,7 +135,6 @@ pub async fn ps(ctx: &Ctx, a: PsArgs) -> Result<()> {
             println!("{id}");
             continue;
         }
-        let c = get(ctx, &c.id).await?;
         let cmd = command_of(&c);
         let created = since(&c.created_at)
             .map(|d| format!("{} ago", human_duration(d)))
