@@ -2,7 +2,7 @@
 //! first: `cargo build -p rcd -p rshim`; both are looked for next to rnerd), with busybox
 //! served by a loopback registry.
 
-use rtest::{busybox_image, spawn_tied, Registry};
+use rtest::{busybox_image, hostnet, spawn_tied, Registry};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,35 +41,19 @@ fn bridge_prefix(n: u8) -> String {
     format!("rn{n:02}-")
 }
 
-/// Removes test `n`'s bridges and the iptables rules naming its pool (what a killed run left).
+/// Removes test `n`'s bridges and the iptables rules naming its pool, with their per-pod
+/// chains (what a killed run left).
 fn purge_host(n: u8) {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "type", "bridge"])
-        .output()
-        .unwrap();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(name) = line.split(": ").nth(1) {
-            let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(&bridge_prefix(n)) {
-                let _ = Command::new("ip").args(["link", "del", name]).status();
-            }
-        }
-    }
-    for table in ["nat", "filter"] {
-        let out = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
-                let _ = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
+    hostnet::remove_bridges(&bridge_prefix(n));
+    let pool = pool_prefix(n);
+    hostnet::purge_rules(|l| l.contains(&pool));
+}
+
+/// The iptables rules naming test `n`'s pool: every container's CNI DEL removes its own,
+/// so any left once the test's containers are gone is a leak.
+fn leftover_rules(n: u8) -> Vec<String> {
+    let pool = pool_prefix(n);
+    hostnet::leftover_rules(|l| l.contains(&pool))
 }
 
 /// rcd with its state under `dir`, up once its socket answers.
@@ -242,7 +226,12 @@ impl Drop for Env {
                 }
             }
             stop_rcd(child);
+            // every container went through rcd, whose CNI DELs take their rules with them
+            let left = leftover_rules(self.n);
             purge_host(self.n);
+            if !std::thread::panicking() {
+                assert!(left.is_empty(), "iptables rules left: {left:#?}");
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use rcd_cli::client::Client;
 use rcd_proto::v1 as pb;
-use rtest::{busybox_image, spawn_tied, Registry};
+use rtest::{busybox_image, hostnet, spawn_tied, Registry};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,40 +31,19 @@ fn bridge_prefix(n: u8) -> String {
     format!("rc{n:02}-")
 }
 
-/// Test `n`'s bridges.
-fn bridges(n: u8) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "type", "bridge"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|name| name.starts_with(&bridge_prefix(n)))
-        .collect()
+/// Removes test `n`'s bridges and the iptables rules naming its pool, with their per-pod
+/// chains (what a killed run left).
+fn purge_host(n: u8) {
+    hostnet::remove_bridges(&bridge_prefix(n));
+    let pool = pool_prefix(n);
+    hostnet::purge_rules(|l| l.contains(&pool));
 }
 
-/// Removes test `n`'s bridges and the iptables rules naming its pool (what a killed run left).
-fn purge_host(n: u8) {
-    for b in bridges(n) {
-        let _ = Command::new("ip").args(["link", "del", &b]).status();
-    }
-    for table in ["nat", "filter"] {
-        let out = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
-                let _ = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
+/// The iptables rules naming test `n`'s pool: every container's CNI DEL removes its own,
+/// so any left once the test's containers are gone is a leak.
+fn leftover_rules(n: u8) -> Vec<String> {
+    let pool = pool_prefix(n);
+    hostnet::leftover_rules(|l| l.contains(&pool))
 }
 
 /// A daemon of the test's own and a project directory.
@@ -331,7 +310,12 @@ impl Drop for Env {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // every container went through rcd, whose CNI DELs take their rules with them
+            let left = leftover_rules(self.n);
             purge_host(self.n);
+            if !std::thread::panicking() {
+                assert!(left.is_empty(), "iptables rules left: {left:#?}");
+            }
         }
     }
 }
@@ -431,7 +415,7 @@ fn up_ps_logs_down_two_services() {
     );
     assert!(e.containers().is_empty(), "{:?}", e.containers());
     assert!(!e.networks().contains(&"two_default".to_owned()));
-    assert_eq!(bridges(e.n), Vec::<String>::new());
+    assert_eq!(hostnet::bridges(&bridge_prefix(e.n)), Vec::<String>::new());
     // down again: nothing to do
     let (_, err) = e.ok(&["down"]);
     assert!(progress(&err, "Removed").is_empty(), "{err}");

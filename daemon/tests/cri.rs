@@ -12,7 +12,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use rcd::cni::BridgeNetwork;
-use rtest::{busybox_image, pause_image, ImageBuilder, Registry, TarBuilder};
+use rtest::{busybox_image, hostnet, pause_image, ImageBuilder, Registry, TarBuilder};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,28 +41,22 @@ fn bridge(n: u8) -> String {
     format!("rcdc{n}")
 }
 
-/// Removes the test bridge and the iptables rules naming its subnet.
+/// Whether an iptables rule belongs to test network `n`: the plugins (bridge's masquerade,
+/// portmap, firewall) name the network in their rules' comments, and the jumps to their
+/// chains name the pods' addresses.
+fn of_net(n: u8) -> impl Fn(&str) -> bool {
+    let (subnet, name) = (format!("10.232.{n}."), format!("\"rcdcri-{n}\\\""));
+    move |l: &str| l.contains(&subnet) || l.contains(&name)
+}
+
+/// Removes the test bridge and the iptables rules and per-pod chains an earlier run of
+/// network `n` left (a test killed half-way).
 fn purge_net(n: u8) {
     let _ = Command::new("ip")
         .args(["link", "del", &bridge(n)])
         .stderr(Stdio::null())
         .status();
-    let subnet = format!("10.232.{n}.");
-    for table in ["nat", "filter"] {
-        let out = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("-A ") && line.contains(&subnet) {
-                let _ = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
+    hostnet::purge_rules(of_net(n));
 }
 
 /// The snapshots of the CRI's namespace, through rcd's native API.
@@ -503,6 +497,8 @@ impl Env {
                 .filter(|s| s.kind == "active")
                 .map(|s| format!("snapshot {}", s.key)),
         );
+        // a CNI DEL that stopped half-way leaves the masquerade or port-mapping rules
+        left.extend(hostnet::leftover_rules(of_net(self.n)));
         let cg = PathBuf::from(format!("/sys/fs/cgroup/memory/rcd-test-cri-{}", self.n));
         left.extend(
             names(cg.clone())

@@ -11,6 +11,8 @@
 //! - [`runtime`]: [`Runtime`], a driver for an OCI runtime binary (`runr`, or runc through
 //!   `RTEST_RUNTIME`) with a private `--root` and a cleanup guard; [`cgroup`] and
 //!   [`console`] find a container's cgroups and receive its pty over `--console-socket`.
+//! - [`hostnet`]: the bridges and iptables rules and chains CNI plugins leave, found and
+//!   removed by what they name.
 //! - [`containerd`]: [`containerd::Containerd`], a private containerd driven with `ctr`, torn
 //!   down with its shims, containers, mounts and cgroups.
 
@@ -19,6 +21,7 @@ pub mod cgroup;
 pub mod console;
 pub mod containerd;
 pub mod fixtures;
+pub mod hostnet;
 pub mod image;
 pub mod layer;
 pub mod process;

@@ -12,7 +12,7 @@ use rcd_proto::v1::{
     containers_client::ContainersClient, networks_client::NetworksClient,
     tasks_client::TasksClient, volumes_client::VolumesClient,
 };
-use rtest::{busybox_image, Registry};
+use rtest::{busybox_image, hostnet, Registry};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -47,34 +47,12 @@ pub fn pool_prefix(n: u8) -> String {
     format!("10.{}.", 40 + n)
 }
 
-/// Removes test `n`'s bridges and the iptables rules naming its pool.
+/// Removes test `n`'s bridges and the iptables rules naming its pool, with their per-pod
+/// chains.
 pub fn purge_host(n: u8) {
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "type", "bridge"])
-        .output()
-        .unwrap();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(name) = line.split(": ").nth(1) {
-            if name.starts_with(&prefix(n)) {
-                let _ = Command::new("ip").args(["link", "del", name]).status();
-            }
-        }
-    }
-    for table in ["nat", "filter"] {
-        let out = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
-                let _ = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("iptables -w -t {table} -D {}", &line[3..]))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
+    hostnet::remove_bridges(&prefix(n));
+    let pool = pool_prefix(n);
+    hostnet::purge_rules(|l| l.contains(&pool));
 }
 
 /// What test `n` left on the host: bridges of its prefix, iptables rules of its pool.
@@ -86,16 +64,9 @@ pub fn host_leftovers(n: u8) -> Vec<String> {
             out.push(line.to_owned());
         }
     }
-    for table in ["nat", "filter"] {
-        let rules = Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&rules.stdout).lines() {
-            if line.starts_with("-A ") && line.contains(&pool_prefix(n)) {
-                out.push(line.to_owned());
-            }
-        }
+    let pool = pool_prefix(n);
+    for table in hostnet::TABLES {
+        out.extend(hostnet::rules(table, |l| l.contains(&pool)));
     }
     out
 }
