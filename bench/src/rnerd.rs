@@ -56,6 +56,18 @@ pub fn main(a: RnerdArgs) -> Result<()> {
             .stderr(Stdio::piped());
         cmd
     };
+    let runr_run = |bundle: &Path, id: String| {
+        let mut cmd = Command::new(bin.join("runr"));
+        cmd.arg("--root")
+            .arg(runr_root.path())
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
     let (mut bridge, mut none, mut ctr, mut runr, mut runr_same) =
         (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..a.runs + 2 {
@@ -82,26 +94,8 @@ pub fn main(a: RnerdArgs) -> Result<()> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let c = timed(c)?;
-        let mut r = Command::new(bin.join("runr"));
-        r.arg("--root")
-            .arg(runr_root.path())
-            .args(["run", "--bundle"])
-            .arg(bundle.path())
-            .arg(format!("{bundle_id}-{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let r = timed(r)?;
-        let mut r2 = Command::new(bin.join("runr"));
-        r2.arg("--root")
-            .arg(runr_root.path())
-            .args(["run", "--bundle"])
-            .arg(same.path())
-            .arg(format!("{bundle_id}-same-{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let r2 = timed(r2)?;
+        let r = timed(runr_run(bundle.path(), format!("{bundle_id}-{i}")))?;
+        let r2 = timed(runr_run(same.path(), format!("{bundle_id}-same-{i}")))?;
         if i >= 2 {
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             bridge.push(ms(b));

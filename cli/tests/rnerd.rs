@@ -41,19 +41,9 @@ fn bridge_prefix(n: u8) -> String {
     format!("rn{n:02}-")
 }
 
-/// Removes test `n`'s bridges and the iptables rules naming its pool, with their per-pod
-/// chains (what a killed run left).
+/// Removes what test `n` left on the host (a killed run): bridges, rules, per-pod chains.
 fn purge_host(n: u8) {
-    hostnet::remove_bridges(&bridge_prefix(n));
-    let pool = pool_prefix(n);
-    hostnet::purge_rules(|l| l.contains(&pool));
-}
-
-/// The iptables rules naming test `n`'s pool: every container's CNI DEL removes its own,
-/// so any left once the test's containers are gone is a leak.
-fn leftover_rules(n: u8) -> Vec<String> {
-    let pool = pool_prefix(n);
-    hostnet::leftover_rules(|l| l.contains(&pool))
+    hostnet::purge_test_net(&bridge_prefix(n), &pool_prefix(n));
 }
 
 /// rcd with its state under `dir`, up once its socket answers.
@@ -227,7 +217,7 @@ impl Drop for Env {
             }
             stop_rcd(child);
             // every container went through rcd, whose CNI DELs take their rules with them
-            let left = leftover_rules(self.n);
+            let left = hostnet::pool_rules(&pool_prefix(self.n));
             purge_host(self.n);
             if !std::thread::panicking() {
                 assert!(left.is_empty(), "iptables rules left: {left:#?}");

@@ -125,6 +125,20 @@ pub fn remove_bridges(prefix: &str) {
     }
 }
 
+/// Removes what a test whose bridges start with `bridge_prefix` and whose addresses start with
+/// `pool` (`10.140.`) left: its bridges, and the iptables rules naming its pool with their
+/// per-pod chains.
+pub fn purge_test_net(bridge_prefix: &str, pool: &str) {
+    remove_bridges(bridge_prefix);
+    purge_rules(|l| l.contains(pool));
+}
+
+/// The iptables rules naming `pool`: once a test's containers are gone, every one left is a
+/// leak (each container's CNI DEL removes its own).
+pub fn pool_rules(pool: &str) -> Vec<String> {
+    leftover_rules(|l| l.contains(pool))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

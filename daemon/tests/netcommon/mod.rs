@@ -50,9 +50,7 @@ pub fn pool_prefix(n: u8) -> String {
 /// Removes test `n`'s bridges and the iptables rules naming its pool, with their per-pod
 /// chains.
 pub fn purge_host(n: u8) {
-    hostnet::remove_bridges(&prefix(n));
-    let pool = pool_prefix(n);
-    hostnet::purge_rules(|l| l.contains(&pool));
+    hostnet::purge_test_net(&prefix(n), &pool_prefix(n));
 }
 
 /// What test `n` left on the host: bridges of its prefix, iptables rules of its pool.
