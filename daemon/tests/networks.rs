@@ -5,7 +5,7 @@
 mod common;
 mod netcommon;
 
-use netcommon::{env, host_leftovers, port, sh, Env};
+use netcommon::{env, env_with, host_leftovers, port, sh, Env};
 use rcd_proto::labels as L;
 use rcd_proto::v1 as pb;
 use std::io::{Read, Write};
@@ -479,5 +479,105 @@ async fn detach_after_a_daemon_kill() {
         nat_rules_naming(fixed)
     );
     e.remove("web", false).await;
+    finish(e, &[]).await;
+}
+
+/// The shims serving rcd at `address` (`-address ADDRESS` in their argv).
+fn shims_of(address: &std::path::Path) -> Vec<String> {
+    let address = address.display().to_string();
+    let mut out = vec![];
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<_> = cmd.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"-address" && w[1] == address.as_bytes())
+        {
+            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    out
+}
+
+/// The network's ADD runs while the task is created. When its last plugin fails, the created
+/// task is undone (killed, deleted, its shim gone) and so is the network (bridge's ADD deleted:
+/// no veth, no address, no rules, no netns), with the plugin's message in the error; once the
+/// plugin works, the same container starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attach_undoes_the_created_task_and_the_network() {
+    let plugins = tempfile::tempdir().unwrap();
+    for p in ["bridge", "host-local", "portmap", "loopback", "firewall"] {
+        std::os::unix::fs::symlink(format!("/usr/lib/cni/{p}"), plugins.path().join(p)).unwrap();
+    }
+    let firewall = plugins.path().join("firewall");
+    std::fs::remove_file(&firewall).unwrap();
+    // fails its ADD only: the undo's DEL goes through
+    std::fs::write(
+        &firewall,
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo \'{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"refused by the test\"}\'\n  exit 1\nfi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &firewall,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let e = env_with(
+        5,
+        &format!(
+            "[cri]\ncni_bin_dirs = [{:?}]\n",
+            plugins.path().display().to_string()
+        ),
+    )
+    .await;
+    let mut o = sh("sleep 300");
+    o.network = "bridge".into();
+    e.create("f", "f", o).await.unwrap();
+    let err = e.start("f").await.unwrap_err();
+    assert!(
+        err.message().contains("attaching container")
+            && err.message().contains("refused by the test"),
+        "{err:?}"
+    );
+    let tasks = e
+        .tasks()
+        .list(pb::ListTasksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(tasks.is_empty(), "tasks left: {tasks:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !shims_of(&e.rcd.address).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shims left: {:?}",
+            shims_of(&e.rcd.address)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let netns = e.rcd.state.join("networks/netns/default");
+    let left: Vec<_> = std::fs::read_dir(&netns)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+    let bridge = e.network("bridge").await.unwrap().bridge;
+    let ports = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .unwrap();
+    assert!(ports.stdout.is_empty(), "veths left: {ports:?}");
+    let rules: Vec<_> = host_leftovers(e.n)
+        .into_iter()
+        .filter(|l| l.starts_with("-A "))
+        .collect();
+    assert!(rules.is_empty(), "iptables rules left: {rules:?}");
+    // the plugin works again: the same container starts, on its network
+    std::fs::remove_file(&firewall).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/cni/firewall", &firewall).unwrap();
+    e.start("f").await.unwrap();
+    e.remove("f", false).await;
     finish(e, &[]).await;
 }

@@ -89,6 +89,10 @@ fn hosts_file(me: &Attachment, peers: &[&Attachment]) -> String {
         "# managed by rcd\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
     let line = |a: &Attachment| {
+        if a.ip.is_empty() {
+            // not attached yet (its CNI ADD runs while its task is created)
+            return String::new();
+        }
         let mut names = vec![a.hostname.clone()];
         for n in &a.names {
             if !names.contains(n) {
@@ -226,14 +230,34 @@ fn resolve_ports(ports: &mut [Port]) -> Result<(), Status> {
     Ok(())
 }
 
+/// The network half that [`setup`] leaves to run while the task is created: the CNI ADDs and
+/// what needs their result (the address in the hosts files, the peers' hosts files, the ip
+/// label). The task may be created meanwhile (it joins the pinned netns by path and its files
+/// are bind-mounted by inode), but it must not start before [`Pending::finish`] succeeded.
+pub(crate) struct Pending<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    ns: String,
+    id: String,
+    network: String,
+    list: cni::NetworkConfigList,
+    lo: RuntimeConf,
+    eth: RuntimeConf,
+    ports: Vec<Port>,
+    attachment: Attachment,
+}
+
 /// Before the task of `c` is created: its network, per its `rcd.io/network` label. Returns
-/// the spec to create the task with.
-pub(crate) async fn setup(rt: &Runtime, ns: &str, c: &ContainerRecord) -> Result<Value, Status> {
+/// the spec to create the task with and, on a CNI network, the ADDs to finish meanwhile.
+pub(crate) async fn setup<'a>(
+    rt: &'a Runtime,
+    ns: &str,
+    c: &ContainerRecord,
+) -> Result<(Value, Option<Pending<'a>>), Status> {
     let mut spec = c.spec.clone();
     let mode = Mode::parse(c.labels.get(L::NETWORK).map(String::as_str).unwrap_or(""));
     let mgr = &rt.net;
     match mode {
-        Mode::None | Mode::Host => Ok(spec),
+        Mode::None | Mode::Host => Ok((spec, None)),
         Mode::Container(name) => {
             let target = find_container(&rt.d.md, ns, &name).ok_or_else(|| {
                 Status::not_found(format!(
@@ -261,10 +285,10 @@ pub(crate) async fn setup(rt: &Runtime, ns: &str, c: &ContainerRecord) -> Result
                     &PathBuf::from(format!("/proc/{}/ns/net", task.pid)),
                 ),
             }
-            Ok(spec)
+            Ok((spec, None))
         }
         Mode::Network(network) => {
-            let _g = mgr.lock.lock().await;
+            let lock = mgr.lock.lock().await;
             let net = mgr.get(ns, &network).map_err(net_status)?;
             if read_attachment(mgr, ns, &c.id).is_some()
                 || mgr.state_dir().join("netns").join(ns).join(&c.id).exists()
@@ -314,28 +338,6 @@ pub(crate) async fn setup(rt: &Runtime, ns: &str, c: &ContainerRecord) -> Result
                 capability_args: caps,
                 ..lo.clone()
             };
-            let added = async {
-                mgr.exec.add(&cni::config::loopback_network(), &lo).await?;
-                mgr.exec.add(&list, &eth).await
-            }
-            .await;
-            let result = match added {
-                Ok(r) => r,
-                Err(e) => {
-                    del_all(mgr, &cni_id, Some(&netns_path)).await;
-                    let _ = cni::netns::remove(&netns_path);
-                    return Err(Status::unavailable(format!(
-                        "attaching container {:?} to network {network:?}: {e}",
-                        c.id
-                    )));
-                }
-            };
-            let ip = result
-                .sandbox_ips(IFNAME)
-                .into_iter()
-                .find(IpAddr::is_ipv4)
-                .map(|i| i.to_string())
-                .unwrap_or_default();
             let hostname = spec["hostname"]
                 .as_str()
                 .map(str::to_owned)
@@ -349,12 +351,12 @@ pub(crate) async fn setup(rt: &Runtime, ns: &str, c: &ContainerRecord) -> Result
             }
             names.push(c.id.chars().take(12).collect());
             names.push(c.id.clone());
-            let a = Attachment {
+            let attachment = Attachment {
                 network: net.name.clone(),
                 cni_id,
                 netns: netns_path.clone(),
-                ip: ip.clone(),
-                hostname: hostname.clone(),
+                ip: String::new(),
+                hostname,
                 names,
                 add_hosts: c
                     .labels
@@ -362,36 +364,99 @@ pub(crate) async fn setup(rt: &Runtime, ns: &str, c: &ContainerRecord) -> Result
                     .and_then(|h| serde_json::from_str(h).ok())
                     .unwrap_or_default(),
             };
+            // the files exist before the task is created (runr bind-mounts them); the hosts
+            // file gets the address in place once the ADD gave it
             let files = files_dir(mgr, ns, &c.id);
-            let written = write_files(mgr, ns, &c.id, &a, c, &files);
-            if let Err(e) = written {
-                del_all(mgr, &a.cni_id, Some(&netns_path)).await;
+            if let Err(e) = write_files(&attachment, c, &files) {
                 let _ = cni::netns::remove(&netns_path);
-                let _ = std::fs::remove_file(attach_path(mgr, ns, &c.id));
+                let _ = std::fs::remove_dir_all(&files);
                 return Err(internal(e));
             }
-            update_hosts(mgr, ns, &net.name);
-            let mut set = vec![(L::IP, Some(ip))];
-            if !ports.is_empty() {
-                set.push((L::PORTS, Some(serde_json::to_string(&ports).expect("json"))));
-            }
-            set_labels(rt, ns, &c.id, set);
             set_netns(&mut spec, &netns_path);
             add_file_mounts(&mut spec, &files);
-            tracing::info!(namespace = %ns, id = %c.id, network = %net.name, ip = %a.ip, "attached");
-            Ok(spec)
+            Ok((
+                spec,
+                Some(Pending {
+                    _lock: lock,
+                    ns: ns.to_owned(),
+                    id: c.id.clone(),
+                    network: network.clone(),
+                    list,
+                    lo,
+                    eth,
+                    ports,
+                    attachment,
+                }),
+            ))
         }
     }
 }
 
-fn write_files(
-    mgr: &NetManager,
-    ns: &str,
-    id: &str,
-    a: &Attachment,
-    c: &ContainerRecord,
-    files: &Path,
-) -> Result<(), NetError> {
+impl Pending<'_> {
+    /// The CNI ADDs (lo, then the network) and what needs their result. On failure every
+    /// ADD made is deleted and the netns and files go: nothing of the attachment is left.
+    pub(crate) async fn finish(self, rt: &Runtime) -> Result<(), Status> {
+        let mgr = &rt.net;
+        let Pending {
+            ns,
+            id,
+            network,
+            list,
+            lo,
+            eth,
+            ports,
+            mut attachment,
+            ..
+        } = self;
+        let added = async {
+            mgr.exec.add(&cni::config::loopback_network(), &lo).await?;
+            mgr.exec.add(&list, &eth).await
+        }
+        .await;
+        let result = match added {
+            Ok(r) => r,
+            Err(e) => {
+                undo_attach(mgr, &ns, &id, &attachment).await;
+                return Err(Status::unavailable(format!(
+                    "attaching container {id:?} to network {network:?}: {e}"
+                )));
+            }
+        };
+        attachment.ip = result
+            .sandbox_ips(IFNAME)
+            .into_iter()
+            .find(IpAddr::is_ipv4)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let files = files_dir(mgr, &ns, &id);
+        let written = rewrite(&files.join("hosts"), &hosts_file(&attachment, &[]))
+            .and_then(|()| write_attachment(mgr, &ns, &id, &attachment));
+        if let Err(e) = written {
+            undo_attach(mgr, &ns, &id, &attachment).await;
+            return Err(internal(e));
+        }
+        update_hosts(mgr, &ns, &attachment.network);
+        let mut set = vec![(L::IP, Some(attachment.ip.clone()))];
+        if !ports.is_empty() {
+            set.push((L::PORTS, Some(serde_json::to_string(&ports).expect("json"))));
+        }
+        set_labels(rt, &ns, &id, set);
+        tracing::info!(namespace = %ns, id = %id, network = %attachment.network, ip = %attachment.ip, "attached");
+        Ok(())
+    }
+}
+
+/// Undoes a [`Pending`] whose ADD or records failed: every cached ADD deleted, the netns, the
+/// attachment record and the files removed.
+async fn undo_attach(mgr: &NetManager, ns: &str, id: &str, a: &Attachment) {
+    del_all(mgr, &a.cni_id, Some(&a.netns)).await;
+    let _ = cni::netns::remove(&a.netns);
+    let _ = std::fs::remove_file(attach_path(mgr, ns, id));
+    let _ = std::fs::remove_dir_all(files_dir(mgr, ns, id));
+}
+
+/// The container's resolv.conf, hostname and (address-less until its ADD) hosts files.
+fn write_files(a: &Attachment, c: &ContainerRecord, files: &Path) -> Result<(), NetError> {
     std::fs::create_dir_all(files).map_err(io_err("creating", files))?;
     let dns = c
         .labels
@@ -405,7 +470,11 @@ fn write_files(
         cni::dns::resolv_conf(dns.as_ref(), &host).map_err(|e| NetError::Invalid(e.to_string()))?;
     rewrite(&files.join("resolv.conf"), &resolv)?;
     rewrite(&files.join("hostname"), &format!("{}\n", a.hostname))?;
-    rewrite(&files.join("hosts"), &hosts_file(a, &[]))?;
+    rewrite(&files.join("hosts"), &hosts_file(a, &[]))
+}
+
+/// Records the attachment (what teardown and the peers' hosts files read).
+fn write_attachment(mgr: &NetManager, ns: &str, id: &str, a: &Attachment) -> Result<(), NetError> {
     let path = attach_path(mgr, ns, id);
     let dir = path.parent().expect("has a parent");
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;

@@ -121,28 +121,48 @@ pub(crate) async fn create_task(
         }
     };
     let (io, attach_socket) = super::logs::task_io(rt, ns, c, io)?;
-    let spec = crate::netmgr::task::setup(rt, ns, c).await?;
-    let created = rt
-        .tasks
-        .create(
-            ns,
-            &c.id,
-            CreateOptions {
-                spec,
-                rootfs,
-                io,
-                shim_group: None,
-            },
-        )
-        .await;
-    let (pid, _io) = match created {
-        Ok(p) => p,
-        Err(e) => {
-            crate::netmgr::task::teardown(rt, ns, &c.id).await;
-            return Err(task_status(e));
-        }
+    let (spec, pending) = crate::netmgr::task::setup(rt, ns, c).await?;
+    let create = rt.tasks.create(
+        ns,
+        &c.id,
+        CreateOptions {
+            spec,
+            rootfs,
+            io,
+            shim_group: None,
+        },
+    );
+    // the CNI ADDs run while the shim and the runtime create the task (its process waits to
+    // be started, so it sees its network complete); the reply waits for both
+    let (created, attached) = match pending {
+        Some(p) => tokio::join!(create, p.finish(rt)),
+        None => (create.await, Ok(())),
     };
-    Ok((pid, attach_socket))
+    match (created, attached) {
+        (Ok((pid, _io)), Ok(())) => Ok((pid, attach_socket)),
+        (Ok(_), Err(e)) => {
+            undo_created(rt, ns, &c.id).await;
+            Err(e)
+        }
+        (Err(e), _) => {
+            crate::netmgr::task::teardown(rt, ns, &c.id).await;
+            Err(task_status(e))
+        }
+    }
+}
+
+/// Removes the task of `id` that was created but must not run (its network failed): killed,
+/// reaped, deleted, and its network undone.
+async fn undo_created(rt: &Runtime, ns: &str, id: &str) {
+    let tasks = &rt.tasks;
+    if let Err(e) = tasks.kill(ns, id, None, libc::SIGKILL as u32, true).await {
+        tracing::warn!(namespace = %ns, id, "undoing a created task: kill: {e}");
+    }
+    let _ = tokio::time::timeout(FORCE_WAIT, tasks.wait(ns, id, None)).await;
+    if let Err(e) = tasks.delete(ns, id).await {
+        tracing::warn!(namespace = %ns, id, "undoing a created task: delete: {e}");
+    }
+    crate::netmgr::task::teardown(rt, ns, id).await;
 }
 
 /// Deletes the init task of container `id` (stopped): the one path for Tasks.Delete and rcd's

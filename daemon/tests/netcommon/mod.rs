@@ -84,6 +84,11 @@ pub async fn connect(address: &Path) -> Channel {
 }
 
 pub async fn env(n: u8) -> Env {
+    env_with(n, "").await
+}
+
+/// [`env`] with `extra` appended to rcd's config file.
+pub async fn env_with(n: u8, extra: &str) -> Env {
     purge_host(n);
     let reg = Registry::start().unwrap();
     reg.push(busybox_image(), "library/busybox", "latest")
@@ -94,7 +99,7 @@ pub async fn env(n: u8) -> Env {
     std::fs::write(
         &config,
         format!(
-            "log_level = \"debug\"\nshim = {:?}\n\n[networks]\npool = \"10.{}.0.0/16\"\nbridge_prefix = {:?}\n",
+            "log_level = \"debug\"\nshim = {:?}\n\n[networks]\npool = \"10.{}.0.0/16\"\nbridge_prefix = {:?}\n\n{extra}",
             shim().display().to_string(),
             40 + n,
             prefix(n),
