@@ -476,20 +476,11 @@ impl Env {
                 .lines()
                 .map(|l| format!("veth {l}")),
         );
-        // shims: `-address <rcd's socket>` in their argv (rcd's own is `--address`)
-        let address = self.rcd.address.display().to_string();
-        for p in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<_> = cmd.split(|b| *b == 0).collect();
-            if args
-                .windows(2)
-                .any(|w| w[0] == b"-address" && w[1] == address.as_bytes())
-            {
-                left.push(format!("shim {}", String::from_utf8_lossy(&cmd)));
-            }
-        }
+        left.extend(
+            common::shims_of(&self.rcd.address)
+                .into_iter()
+                .map(|s| format!("shim {s}")),
+        );
         let snaps = cri_snapshots(&self.rcd.address).await;
         left.extend(
             snaps

@@ -482,25 +482,6 @@ async fn detach_after_a_daemon_kill() {
     finish(e, &[]).await;
 }
 
-/// The shims serving rcd at `address` (`-address ADDRESS` in their argv).
-fn shims_of(address: &std::path::Path) -> Vec<String> {
-    let address = address.display().to_string();
-    let mut out = vec![];
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<_> = cmd.split(|b| *b == 0).collect();
-        if args
-            .windows(2)
-            .any(|w| w[0] == b"-address" && w[1] == address.as_bytes())
-        {
-            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
-        }
-    }
-    out
-}
-
 /// The network's ADD runs while the task is created. When its last plugin fails, the created
 /// task is undone (killed, deleted, its shim gone) and so is the network (bridge's ADD deleted:
 /// no veth, no address, no rules, no netns), with the plugin's message in the error; once the
@@ -550,11 +531,11 @@ async fn a_failed_attach_undoes_the_created_task_and_the_network() {
         .tasks;
     assert!(tasks.is_empty(), "tasks left: {tasks:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !shims_of(&e.rcd.address).is_empty() {
+    while !common::shims_of(&e.rcd.address).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "shims left: {:?}",
-            shims_of(&e.rcd.address)
+            common::shims_of(&e.rcd.address)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -212,3 +212,23 @@ pub fn rctr(address: &Path, args: &[&str]) -> Output {
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
+
+/// The shims serving the rcd at `address`: `-address ADDRESS` in their argv (rcd's own flag
+/// is `--address`), as `argv` joined by spaces.
+pub fn shims_of(address: &Path) -> Vec<String> {
+    let address = address.display().to_string();
+    let mut out = vec![];
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<_> = cmd.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"-address" && w[1] == address.as_bytes())
+        {
+            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    out
+}
